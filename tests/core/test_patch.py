@@ -1,0 +1,235 @@
+"""VAR on real architectures (tiny random LLaVA and Qwen2-VL with planted sinks): identity, exactness, effect."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from support import build_prompt, make_image
+
+import var_core
+from var_core import UnsupportedModelError, VARConfig, discover_sink_dims, patch, redistribute, sink_scores
+from var_core.families import image_token_id
+from workers.models import TINY_SINK_DIMS
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@torch.no_grad()
+def logits_of(model, inputs, **kw):
+    return model(**inputs, **kw).logits
+
+
+def assert_var_acted(handle, min_moved=1e-4):
+    summary = handle.stats().summary()
+    assert summary["selected_share"] > 0, summary
+    assert summary["mass_moved_per_row"] > min_moved, summary
+    assert summary["visual_sinks_per_layer"] > 0 and summary["text_sinks_per_layer"] > 0, summary
+    return summary
+
+
+def test_disabled_equals_unpatched_logits_and_tokens(tiny, tiny_inputs):
+    _, model, _ = tiny
+    ref = logits_of(model, tiny_inputs)
+    ref_tokens = model.generate(**tiny_inputs, max_new_tokens=6, do_sample=False)
+    with patch(model, VARConfig(p=0.9)) as handle:
+        handle.collect_stats = True
+        changed = logits_of(model, tiny_inputs)
+        assert_var_acted(handle)
+        assert not torch.allclose(changed, ref, atol=1e-4)
+        handle.disable()
+        assert torch.equal(logits_of(model, tiny_inputs), ref)
+        assert torch.equal(model.generate(**tiny_inputs, max_new_tokens=6, do_sample=False), ref_tokens)
+    assert torch.equal(logits_of(model, tiny_inputs), ref)  # removed: the model is back to itself
+    assert model.config.get_text_config()._attn_implementation == "sdpa"
+
+
+def test_only_language_model_is_routed(tiny):
+    _, model, _ = tiny
+    with patch(model):
+        assert model.config.get_text_config()._attn_implementation == "varsweep_sdpa"
+        assert model.config.vision_config._attn_implementation == "sdpa"
+
+
+def test_p_changes_logits_paper_convention(tiny, tiny_inputs):
+    _, model, _ = tiny
+    with patch(model, VARConfig(p=0.0)) as handle:
+        handle.collect_stats = True
+        none_moved = logits_of(model, tiny_inputs)
+        assert handle.stats().summary()["mass_moved_per_row"] == 0.0
+        handle.set(VARConfig(p=0.9))
+        handle.collect_stats = True
+        moved = logits_of(model, tiny_inputs)
+        assert_var_acted(handle)
+    assert (moved - none_moved).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        VARConfig(tau=20, rho=0.5, p=0.8, first_layer=2, except_last_layer=True),
+        VARConfig(tau=20, rho=0.5, p=0.3, first_layer=3, convention="official"),  # the last layer, official
+    ],
+    ids=["paper-layer2", "official-last-layer"],
+)
+def test_patched_maps_equal_redistribute_of_unpatched_maps(tiny, tiny_inputs, config):
+    """With VAR active in one layer only, that layer's maps are redistribute() of the unpatched maps."""
+    _, model, _ = tiny
+    layer = config.first_layer
+    model.set_attn_implementation({"text_config": "eager"})
+    try:
+        with torch.no_grad():
+            base = model(**tiny_inputs, output_attentions=True, output_hidden_states=True)
+        with patch(model, config, path="eager") as handle:
+            handle.collect_stats = True
+            with torch.no_grad():
+                patched = model(**tiny_inputs, output_attentions=True)
+            assert_var_acted(handle)
+    finally:
+        model.set_attn_implementation({"text_config": "sdpa"})
+    ids = tiny_inputs["input_ids"]
+    visual = ids == image_token_id(model)
+    image_end = int(visual[0].nonzero()[-1]) + 1
+    eps = 1e-6 if config.convention == "official" else 0.0
+    phi = sink_scores(base.hidden_states[layer], TINY_SINK_DIMS, eps=eps)
+    sinks = var_core.sink_mask(phi, config)
+    queries = torch.arange(ids.shape[1])[None, :] >= image_end
+    want, selected = redistribute(base.attentions[layer], visual, sinks, queries, config)
+    assert selected.any() and (visual & sinks).any()
+    assert not torch.allclose(want, base.attentions[layer])
+    torch.testing.assert_close(patched.attentions[layer], want, atol=1e-6, rtol=1e-5)
+    for earlier in range(layer):  # untouched layers, same inputs: same maps
+        torch.testing.assert_close(patched.attentions[earlier], base.attentions[earlier], atol=1e-6, rtol=1e-5)
+
+
+def test_fast_path_equals_eager_reference(tiny, tiny_inputs):
+    _, model, _ = tiny
+    config = VARConfig(tau=20, rho=0.5, p=0.7, except_last_layer=False)
+    results = {}
+    for path in ("eager", "fast"):
+        with patch(model, config, path=path) as handle:
+            handle.collect_stats = True
+            logits = logits_of(model, tiny_inputs)
+            tokens = model.generate(**tiny_inputs, max_new_tokens=8, do_sample=False)
+            results[path] = (logits, tokens, assert_var_acted(handle))
+    torch.testing.assert_close(results["fast"][0], results["eager"][0], atol=1e-4, rtol=1e-4)
+    assert torch.equal(results["fast"][1], results["eager"][1])
+    assert results["fast"][2] == pytest.approx(results["eager"][2], rel=1e-4)
+
+
+def test_generate_with_cache_equals_full_recompute(tiny, tiny_inputs):
+    """KV-cache decoding under VAR equals re-running the whole sequence at every step (no cache)."""
+    _, model, _ = tiny
+    prompt_len = tiny_inputs["input_ids"].shape[1]
+    with patch(model, VARConfig(p=0.9)) as handle:
+        handle.collect_stats = True
+        cached = model.generate(**tiny_inputs, max_new_tokens=6, do_sample=False)
+        assert_var_acted(handle)
+        ids = tiny_inputs["input_ids"]
+        extra = {k: v for k, v in tiny_inputs.items() if k not in ("input_ids", "attention_mask")}
+        for _ in range(6):
+            if "mm_token_type_ids" in extra:  # Qwen2-VL: generated tokens are text
+                types = extra["mm_token_type_ids"]
+                extra["mm_token_type_ids"] = torch.nn.functional.pad(types, (0, ids.shape[1] - types.shape[1]))
+            out = model(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                use_cache=False,
+                var_state=handle.new_state(prompt_len=prompt_len),
+                **extra,
+            )
+            ids = torch.cat([ids, out.logits[:, -1:].argmax(-1)], dim=1)
+    assert torch.equal(cached, ids)
+
+
+def test_left_padded_batch_equals_single_rows(tiny):
+    _, model, processor = tiny
+    prompts = [build_prompt(processor, "Is it red?"), build_prompt(processor, "What is in the image? Answer yes or no.")]
+    images = [make_image(1), make_image(2)]
+    with patch(model, VARConfig(p=0.8)) as handle:
+        handle.collect_stats = True
+        batch = processor(images=images, text=prompts, return_tensors="pt", padding=True)
+        assert (batch["attention_mask"] == 0).any()  # there is padding to get right
+        batch_logits = logits_of(model, batch)[:, -1]
+        batch_tokens = model.generate(**batch, max_new_tokens=5, do_sample=False)[:, -5:]
+        for row, (prompt, image) in enumerate(zip(prompts, images, strict=True)):
+            single = processor(images=[image], text=[prompt], return_tensors="pt")
+            torch.testing.assert_close(logits_of(model, single)[:, -1], batch_logits[row : row + 1], atol=1e-4, rtol=1e-4)
+            assert torch.equal(model.generate(**single, max_new_tokens=5, do_sample=False)[0, -5:], batch_tokens[row])
+        assert_var_acted(handle)
+
+
+def test_one_config_per_row(tiny, tiny_inputs):
+    _, model, _ = tiny
+    configs = [VARConfig(p=0.1, rho=0.3), VARConfig(p=0.9, rho=0.6, tau=15)]
+    two = {k: torch.cat([v, v]) if k != "image_grid_thw" and k != "pixel_values" else v for k, v in tiny_inputs.items()}
+    if "image_grid_thw" in tiny_inputs:  # Qwen2-VL flattens patches of all images
+        two["pixel_values"] = torch.cat([tiny_inputs["pixel_values"]] * 2)
+        two["image_grid_thw"] = torch.cat([tiny_inputs["image_grid_thw"]] * 2)
+    else:
+        two["pixel_values"] = torch.cat([tiny_inputs["pixel_values"]] * 2)
+    with patch(model, configs) as handle:
+        handle.collect_stats = True
+        both = logits_of(model, two)
+        stats = handle.stats()
+        handle.set(configs[1])
+        second = logits_of(model, tiny_inputs)
+        handle.set(configs[0])
+        first = logits_of(model, tiny_inputs)
+    torch.testing.assert_close(both[0:1], first, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both[1:2], second, atol=1e-5, rtol=1e-5)
+    assert stats.rows.shape[0] == 2
+    assert stats.summary(0)["mass_moved_per_row"] < stats.summary(1)["mass_moved_per_row"]
+
+
+def test_discover_sink_dims_finds_planted_dims(tiny):
+    _, model, processor = tiny
+    batches = [
+        processor(images=make_image(seed), text=build_prompt(processor, q), return_tensors="pt")
+        for seed, q in enumerate(["Is it red?", "How many objects are in the image?", "Is there a dog?"])
+    ]
+    found = discover_sink_dims(model, batches)
+    assert set(found.dims) == set(TINY_SINK_DIMS), found
+    assert "median over 6" in found.method
+
+
+def test_discover_fails_clearly_without_sinks():
+    from workers.models import load_model
+
+    model, processor = load_model("tiny-llava", device="cpu", planted=False)
+    batch = processor(images=make_image(0), text=build_prompt(processor, "Is it red?"), return_tensors="pt")
+    with pytest.raises(var_core.SinkDimsError, match="no dimension reaches"):
+        discover_sink_dims(model, [batch])
+    with pytest.raises(var_core.SinkDimsError, match="no sink dimensions known"):
+        patch(model)
+
+
+def test_unsupported_models_fail_before_touching_anything():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    text_only = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                             num_attention_heads=2, vocab_size=50))
+    with pytest.raises(UnsupportedModelError, match="model type 'llama'.*supported: llava, llava_next, qwen2_5_vl"):
+        patch(text_only)
+
+
+def test_model_without_image_token_id(tiny):
+    _, model, _ = tiny
+    attrs = ("image_token_id", "image_token_index")
+    saved = {a: getattr(model.config, a, None) for a in attrs}
+    try:
+        for a in attrs:
+            if saved[a] is not None:
+                setattr(model.config, a, -1)  # the configs refuse None; -1 means "no token"
+        with pytest.raises(UnsupportedModelError, match="no image token id"):
+            patch(model)
+    finally:
+        for a, v in saved.items():
+            if v is not None:
+                setattr(model.config, a, v)
+    assert model.config.get_text_config()._attn_implementation == "sdpa"
+
+
+def test_double_patch_refused(tiny):
+    _, model, _ = tiny
+    with patch(model), pytest.raises(var_core.VarsweepError, match="already VAR-patched"):
+        patch(model)

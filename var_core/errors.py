@@ -1,0 +1,25 @@
+"""The one exception root of varsweep.
+
+Every error varsweep raises on purpose derives from :class:`VarsweepError`; subclasses also inherit the builtin
+they stand in for, so ``except ValueError`` around a bad configuration keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = ["VarsweepError", "ConfigError", "UnsupportedModelError", "SinkDimsError"]
+
+
+class VarsweepError(Exception):
+    """Root of every error varsweep raises on purpose."""
+
+
+class ConfigError(VarsweepError, ValueError):
+    """A setting is out of range or inconsistent."""
+
+
+class UnsupportedModelError(VarsweepError, ValueError):
+    """The model lacks something VAR needs (family, image token id, decoder layers)."""
+
+
+class SinkDimsError(VarsweepError, LookupError):
+    """No sink dimensions are known for a model, and none were given."""

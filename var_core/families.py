@@ -1,0 +1,93 @@
+"""Model-family facts, as data: where the decoder layers live and how to find image tokens.
+
+The method code never branches on model names; it asks this table (keyed by ``config.model_type``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from var_core.errors import UnsupportedModelError
+
+__all__ = ["Family", "FAMILIES", "family_of", "image_token_id", "decoder_layers", "backbone"]
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where things are in one family of ``*ForConditionalGeneration`` models."""
+
+    name: str  # prompt family: "llava" (vicuna_v1 conversation) or "qwen2_vl" (chat template)
+    backbone: str  # the multimodal model that receives input_ids and pixel_values
+    layers: str  # the language model's decoder layers, relative to the top model
+    image_token_attrs: tuple[str, ...]  # config fields holding the image placeholder token id
+
+
+_LLAVA = Family(
+    name="llava",
+    backbone="model",
+    layers="model.language_model.layers",
+    image_token_attrs=("image_token_id", "image_token_index"),
+)
+_QWEN2_VL = Family(
+    name="qwen2_vl",
+    backbone="model",
+    layers="model.language_model.layers",
+    image_token_attrs=("image_token_id",),
+)
+
+# keyed by config.model_type
+FAMILIES: dict[str, Family] = {
+    "llava": _LLAVA,
+    "llava_next": _LLAVA,
+    "qwen2_vl": _QWEN2_VL,
+    "qwen2_5_vl": _QWEN2_VL,
+}
+
+
+def family_of(model: nn.Module) -> Family:
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in FAMILIES:
+        raise UnsupportedModelError(
+            f"VAR does not know the model type {model_type!r} ({type(model).__name__}); supported: "
+            f"{', '.join(sorted(FAMILIES))}. Load a *ForConditionalGeneration model of one of these types."
+        )
+    return FAMILIES[model_type]
+
+
+def _resolve(root: nn.Module, path: str) -> object:
+    obj: object = root
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise UnsupportedModelError(f"{type(root).__name__} has no `{path}` (missing `{part}`)")
+    return obj
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    module = _resolve(model, family_of(model).backbone)
+    if not isinstance(module, nn.Module):
+        raise UnsupportedModelError(f"{type(model).__name__}.{family_of(model).backbone} is not a module")
+    return module
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    family = family_of(model)
+    layers = _resolve(model, family.layers)
+    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+        raise UnsupportedModelError(f"{type(model).__name__}.{family.layers} is not a non-empty ModuleList")
+    return layers
+
+
+def image_token_id(model: nn.Module) -> int:
+    family = family_of(model)
+    for attr in family.image_token_attrs:
+        value = getattr(model.config, attr, None)
+        if isinstance(value, int) and value >= 0:
+            return value
+    raise UnsupportedModelError(
+        f"{type(model).__name__} has no image token id: none of config.{', config.'.join(family.image_token_attrs)}"
+        " is set, so VAR cannot tell image positions from text"
+    )

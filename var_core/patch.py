@@ -1,0 +1,449 @@
+"""Inject VAR into a Hugging Face LMM without forking its modeling code.
+
+``patch(model, config)`` installs three things, all removed by ``handle.remove()``:
+
+* a registered attention function (``AttentionInterface``) for the language model only; the vision tower keeps its
+  own attention. Rows VAR does not touch are delegated to the model's original attention function (SDPA or eager),
+  so a disabled patch reproduces the unpatched model exactly; the few rows VAR may modify (text after the image,
+  generated tokens) are computed with explicit probabilities and rewritten by :func:`var_core.ops.redistribute`;
+* a forward pre-hook on every decoder layer that records the sink-score components of prompt tokens (VAR.md sec. 1);
+* a forward pre/post hook on the multimodal backbone that finds image positions from the image token id and
+  threads a per-sequence :class:`VARState` through the forward as the keyword ``var_state``.
+
+A :class:`VARState` lives with one sequence (one KV cache): it is looked up by cache across ``generate`` steps, or
+passed explicitly (``model(..., var_state=state)``) by callers that reuse a prefix cache.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from transformers import AttentionInterface, AttentionMaskInterface
+from transformers.integrations.sdpa_attention import repeat_kv
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import eager_attention_forward
+
+from var_core.config import VARConfig
+from var_core.errors import UnsupportedModelError, VarsweepError
+from var_core.families import backbone, decoder_layers, family_of, image_token_id
+from var_core.ops import RowParams, phi_from_components, redistribute, row_params, sink_components
+from var_core.sink_dims import resolve_sink_dims
+from var_core.stats import VARStats
+
+__all__ = ["patch", "VARHandle", "VARState", "AttentionPath"]
+
+AttentionPath = Literal["fast", "eager"]
+_SUPPORTED_BASES = ("sdpa", "eager")
+_NAME = "varsweep_{}"  # one registered name per base implementation, so masks come in the base's format
+_HANDLES: weakref.WeakKeyDictionary[nn.Module, VARHandle] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class VARState:
+    """What VAR knows about one sequence batch: image positions, prompt extent, per-layer sink components.
+
+    ``prompt_len=None`` makes the first forward call the whole prompt (``generate``); give the prompt length when
+    the prompt arrives in several calls (a cached prefix, then the question).
+    """
+
+    prompt_len: int | None = None
+    seen: int = 0  # tokens already in the cache
+    visual: torch.Tensor | None = None  # [B, prompt tokens so far] bool
+    candidate: torch.Tensor | None = None  # [B, prompt tokens so far] bool: real (non-pad) prompt tokens
+    image_end: torch.Tensor | None = None  # [B] first position after the last image token
+    peak: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, prompt] max |x[d_sink]|
+    mean_sq: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, prompt] mean x^2
+    stats_counted: set[int] = field(default_factory=set)  # layers whose sink counts entered the stats
+    _call_start: int = 0
+    _call_len: int = 0
+
+    @property
+    def in_prompt(self) -> bool:
+        return self.prompt_len is None or self.seen < self.prompt_len
+
+    def expand(self, n: int) -> VARState:
+        """This state for ``n`` copies of a single-row batch (views, no copies): one row per configuration."""
+        if self.visual is None or self.visual.shape[0] != 1:
+            raise VarsweepError("VARState.expand needs a state of one row that has seen its prefix")
+
+        def grow(t: torch.Tensor) -> torch.Tensor:
+            return t.expand(n, *t.shape[1:])
+
+        return VARState(
+            prompt_len=self.prompt_len,
+            seen=self.seen,
+            visual=grow(self.visual),
+            candidate=grow(self.candidate),  # type: ignore[arg-type]
+            image_end=grow(self.image_end),  # type: ignore[arg-type]
+            peak={k: grow(v) for k, v in self.peak.items()},
+            mean_sq={k: grow(v) for k, v in self.mean_sq.items()},
+        )
+
+    def _begin_call(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, image_id: int) -> None:
+        if input_ids is None:
+            raise VarsweepError("VAR needs input_ids to locate image tokens; inputs_embeds alone are not supported")
+        batch, length = input_ids.shape
+        self._call_start, self._call_len = self.seen, length
+        n_prompt = length if self.prompt_len is None else max(0, min(length, self.prompt_len - self.seen))
+        if n_prompt == 0:
+            return
+        ids = input_ids[:, :n_prompt]
+        visual = ids == image_id
+        real = (
+            attention_mask[:, -length:][:, :n_prompt].bool()
+            if attention_mask is not None and attention_mask.dim() == 2
+            else torch.ones_like(visual)
+        )
+        if self.visual is None:
+            self.visual, self.candidate = visual, real
+            self.image_end = torch.zeros(batch, dtype=torch.long, device=ids.device)
+        else:
+            if self.visual.shape[0] != batch:
+                raise VarsweepError(f"batch of {batch} rows continues a VARState of {self.visual.shape[0]} rows")
+            self.visual = torch.cat([self.visual, visual], dim=1)
+            self.candidate = torch.cat([self.candidate, real], dim=1)  # type: ignore[list-item]
+        positions = torch.arange(self.visual.shape[1], device=ids.device)
+        last_image = torch.where(self.visual, positions, torch.full_like(positions, -1)).amax(dim=1)
+        self.image_end = last_image + 1
+
+    def _end_call(self) -> None:
+        self.seen = self._call_start + self._call_len
+        if self.prompt_len is None:
+            self.prompt_len = self.seen
+
+    def _record_layer(self, layer: int, hidden: torch.Tensor, sink_dims: Sequence[int]) -> None:
+        n_prompt = (self.visual.shape[1] if self.visual is not None else 0) - self._call_start
+        if n_prompt <= 0:
+            return
+        peak, mean_sq = sink_components(hidden[:, :n_prompt], sink_dims)
+        if layer in self.peak and self.peak[layer].shape[1] == self._call_start:
+            peak = torch.cat([self.peak[layer], peak], dim=1)
+            mean_sq = torch.cat([self.mean_sq[layer], mean_sq], dim=1)
+        self.peak[layer], self.mean_sq[layer] = peak, mean_sq
+
+    def sinks(self, layer: int, params: RowParams, n_keys: int) -> torch.Tensor:
+        """[B, n_keys] sink mask of ``layer``: prompt tokens whose phi passes tau (generated tokens never sink)."""
+        if layer not in self.peak:
+            raise VarsweepError(f"no sink scores for layer {layer}: the prompt ran while VAR was disabled")
+        phi = phi_from_components(self.peak[layer], self.mean_sq[layer], eps=params.rms_eps)
+        return _pad_keys(params.sinks(phi) & self.candidate, n_keys)  # type: ignore[operator]
+
+
+def _pad_keys(mask: torch.Tensor, n_keys: int) -> torch.Tensor:
+    if mask.shape[1] >= n_keys:
+        return mask[:, :n_keys]
+    return torch.nn.functional.pad(mask, (0, n_keys - mask.shape[1]), value=False)
+
+
+class VARHandle:
+    """A VAR patch on one model. Undo is API: :meth:`disable`, :meth:`enable`, :meth:`remove`, ``with``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: VARConfig | Sequence[VARConfig],
+        *,
+        sink_dims: tuple[int, ...],
+        base_implementation: str,
+        path: AttentionPath,
+    ) -> None:
+        self.model = model
+        self.sink_dims = sink_dims
+        self.path: AttentionPath = path
+        self.image_token_id = image_token_id(model)
+        self.layers = decoder_layers(model)
+        self.num_layers = len(self.layers)
+        self.num_heads = int(model.config.get_text_config().num_attention_heads)
+        self.base_implementation = base_implementation
+        self._base_attention = (
+            eager_attention_forward if base_implementation == "eager" else ALL_ATTENTION_FUNCTIONS["sdpa"]
+        )
+        self._enabled = True
+        self._removed = False
+        self._configs: list[VARConfig] = []
+        self._params_cache: dict[tuple[int, str], RowParams] = {}
+        self._stats: VARStats | None = None
+        self.collect_stats = False
+        self._states: weakref.WeakKeyDictionary[object, VARState] = weakref.WeakKeyDictionary()
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self.set(config)
+
+    # ----------------------------------------------------------------- public API
+    @property
+    def configs(self) -> tuple[VARConfig, ...]:
+        return tuple(self._configs)
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled and not self._removed
+
+    def set(self, config: VARConfig | Sequence[VARConfig]) -> None:
+        """Use ``config`` from the next forward on; a sequence gives one config per batch row."""
+        configs = [config] if isinstance(config, VARConfig) else list(config)
+        row_params(configs, batch=len(configs))  # validates: non-empty, one convention
+        self._configs = configs
+        self._params_cache.clear()
+        self._stats = None
+
+    def disable(self) -> None:
+        """Route every call to the original attention: outputs equal the unpatched model's."""
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._check_live()
+        self._enabled = True
+
+    def stats(self, reset: bool = False) -> VARStats:
+        """Statistics gathered while ``collect_stats`` was True (one slot per configuration)."""
+        stats = self._stats or VARStats.empty(len(self._configs), self.num_layers, self.num_heads)
+        if reset:
+            self._stats = None
+        return stats
+
+    def new_state(self, prompt_len: int | None = None) -> VARState:
+        """A fresh per-sequence state, for callers that pass ``var_state=`` themselves."""
+        return VARState(prompt_len=prompt_len)
+
+    def state_for(self, cache: object) -> VARState | None:
+        """The state attached to a KV cache by an earlier forward, if any."""
+        return self._states.get(cache)
+
+    def remove(self) -> None:
+        """Take every hook and the attention routing out of the model."""
+        if self._removed:
+            return
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        self.model.set_attn_implementation({"text_config": self.base_implementation})
+        for layer in self.layers:
+            _HANDLES.pop(layer.self_attn, None)
+        self._removed = True
+
+    def __enter__(self) -> VARHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "removed" if self._removed else ("enabled" if self._enabled else "disabled")
+        return (
+            f"VARHandle({type(self.model).__name__}, {state}, path={self.path}, sink_dims={self.sink_dims}, "
+            f"layers={self.num_layers}, configs={self._configs})"
+        )
+
+    # ----------------------------------------------------------------- internals
+    def _check_live(self) -> None:
+        if self._removed:
+            raise VarsweepError("this VAR patch was removed; call var_core.patch(model, config) again")
+
+    def _params(self, batch: int, device: torch.device) -> RowParams:
+        key = (batch, str(device))
+        if key not in self._params_cache:
+            self._params_cache[key] = row_params(self._configs, batch=batch, device=device)
+        return self._params_cache[key]
+
+    def _install(self) -> None:
+        self._hooks.append(
+            backbone(self.model).register_forward_pre_hook(self._before_backbone, with_kwargs=True)
+        )
+        self._hooks.append(
+            backbone(self.model).register_forward_hook(self._after_backbone, with_kwargs=True, always_call=True)
+        )
+        for layer in self.layers:
+            self._hooks.append(layer.register_forward_pre_hook(self._before_layer, with_kwargs=True))
+            _HANDLES[layer.self_attn] = self
+        self.model.set_attn_implementation({"text_config": _NAME.format(self.base_implementation)})
+
+    def _before_backbone(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple | None:
+        if not self.enabled:
+            return None
+        cache = kwargs.get("past_key_values")
+        state = kwargs.get("var_state")
+        if state is None and cache is not None:
+            state = self._states.get(cache)
+            if state is None and cache.get_seq_length() > 0:
+                raise VarsweepError(
+                    "this KV cache was filled outside the VAR patch: pass var_state=... with the prefix's state"
+                )
+        if state is None:
+            state = VARState()
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        state._begin_call(input_ids, kwargs.get("attention_mask"), self.image_token_id)
+        kwargs["var_state"] = state
+        return args, kwargs
+
+    def _after_backbone(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+        state = kwargs.get("var_state")
+        if state is None:
+            return
+        state._end_call()
+        cache = getattr(output, "past_key_values", None)
+        if cache is not None:
+            self._states[cache] = state
+
+    def _before_layer(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        state = kwargs.get("var_state")
+        if state is not None and self.enabled:
+            state._record_layer(module.self_attn.layer_idx, args[0], self.sink_dims)
+
+    def _attend(
+        self,
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float | None,
+        dropout: float,
+        kwargs: dict[str, Any],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        state: VARState | None = kwargs.pop("var_state", None)
+        base_kwargs = {**kwargs, "dropout": dropout, "scaling": scaling}
+        if state is None or not self.enabled:
+            return self._base_attention(module, query, key, value, attention_mask, **base_kwargs)
+        layer = module.layer_idx
+        batch, _, n_query, _ = query.shape
+        n_keys = key.shape[2]
+        params = self._params(batch, query.device)
+        positions = torch.arange(n_keys - n_query, n_keys, device=query.device)
+        active = params.layer_active(layer, self.num_layers).to(query.device)
+        modifiable = (positions[None, :] >= state.image_end[:, None]) & active[:, None]  # type: ignore[index]
+        if self.path == "eager":
+            first = 0
+        elif not bool(modifiable.any()):
+            return self._base_attention(module, query, key, value, attention_mask, **base_kwargs)
+        else:
+            first = int(modifiable.any(dim=0).nonzero()[0])
+        outputs = []
+        if first > 0:
+            head_mask = attention_mask[..., :first, :] if attention_mask is not None else None
+            outputs.append(
+                self._base_attention(module, query[:, :, :first], key, value, head_mask, **base_kwargs)[0]
+            )
+        probs = _attention_probs(module, query[:, :, first:], key, attention_mask, first, scaling)
+        visual = _pad_keys(state.visual, n_keys)  # type: ignore[arg-type]
+        sinks = state.sinks(layer, params, n_keys)
+        new_probs, selected = redistribute(probs, visual, sinks, modifiable[:, first:], params)
+        if self.collect_stats:
+            self._record_stats(layer, state, probs, new_probs, selected, visual, sinks, modifiable[:, first:])
+        values = repeat_kv(value, module.num_key_value_groups)
+        outputs.append(torch.matmul(new_probs.to(value.dtype), values).transpose(1, 2))
+        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+        # The eager path holds every row's probabilities, so it can serve output_attentions (after VAR).
+        weights = new_probs.to(query.dtype) if self.path == "eager" else None
+        return out.contiguous(), weights
+
+    def _record_stats(
+        self,
+        layer: int,
+        state: VARState,
+        probs: torch.Tensor,
+        new_probs: torch.Tensor,
+        selected: torch.Tensor,
+        visual: torch.Tensor,
+        sinks: torch.Tensor,
+        modifiable: torch.Tensor,
+    ) -> None:
+        if self._stats is None:
+            self._stats = VARStats.empty(len(self._configs), self.num_layers, self.num_heads)
+        count_sinks = bool(modifiable.any()) and layer not in state.stats_counted
+        if count_sinks:
+            state.stats_counted.add(layer)
+        self._stats.add(
+            layer,
+            probs=probs,
+            new_probs=new_probs,
+            selected=selected,
+            visual=visual,
+            sinks=sinks,
+            rows=modifiable,
+            count_sinks=count_sinks,
+        )
+
+
+def _attention_probs(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    first: int,
+    scaling: float | None,
+) -> torch.Tensor:
+    """Softmax probabilities ``[B, H, q, K]`` (float32) for query rows ``first:`` of a call."""
+    keys = repeat_kv(key, module.num_key_value_groups)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    logits = torch.matmul(query, keys.transpose(2, 3)).float() * scale
+    n_rows, n_keys = query.shape[2], key.shape[2]
+    if attention_mask is None:
+        # transformers passes no mask for pure causal prefill (q == kv) and single-token decoding; the rows of
+        # this block are the call's last n_rows queries, at absolute positions n_keys - n_rows ... n_keys - 1.
+        rows = torch.arange(n_keys - n_rows, n_keys, device=query.device)[:, None]
+        allowed = torch.arange(n_keys, device=query.device)[None, :] <= rows
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    else:
+        mask = attention_mask[..., first:, :]
+        logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask.float()
+    return torch.softmax(logits, dim=-1)
+
+
+def _var_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    handle = _HANDLES.get(module)
+    if handle is None:
+        raise VarsweepError(f"{type(module).__name__} routes to VAR attention but no VAR patch owns it")
+    return handle._attend(module, query, key, value, attention_mask, scaling, dropout, kwargs)
+
+
+for _base in _SUPPORTED_BASES:
+    AttentionInterface.register(_NAME.format(_base), _var_attention)
+    AttentionMaskInterface.register(_NAME.format(_base), ALL_MASK_ATTENTION_FUNCTIONS[_base])
+
+
+def patch(
+    model: nn.Module,
+    config: VARConfig | Sequence[VARConfig] | None = None,
+    sink_dims: Sequence[int] | None = None,
+    *,
+    path: AttentionPath = "fast",
+) -> VARHandle:
+    """Patch ``model`` (a LLaVA or Qwen2-VL ``*ForConditionalGeneration``) with VAR; returns the handle.
+
+    Everything is checked before the model is touched: the family, the image token id, the decoder layers, the
+    sink dimensions (:func:`var_core.resolve_sink_dims`) and the attention implementation (SDPA or eager).
+    ``path="eager"`` computes every attention row with explicit probabilities, as the released code does; the
+    default ``"fast"`` keeps every row VAR cannot touch on the original implementation.
+    """
+    config = VARConfig() if config is None else config
+    if path not in ("fast", "eager"):
+        raise VarsweepError(f"path={path!r} is not one of 'fast', 'eager'")
+    family_of(model)
+    image_token_id(model)
+    layers = decoder_layers(model)
+    dims = resolve_sink_dims(model, sink_dims)
+    if any(layer.self_attn in _HANDLES for layer in layers):
+        raise VarsweepError("this model is already VAR-patched: remove() the existing handle first")
+    base = model.config.get_text_config()._attn_implementation
+    if base not in _SUPPORTED_BASES:
+        raise UnsupportedModelError(
+            f"VAR runs on top of the 'sdpa' or 'eager' attention of the language model; it uses {base!r}. "
+            "Load the model with attn_implementation='sdpa'."
+        )
+    handle = VARHandle(model, config, sink_dims=dims, base_implementation=base, path=path)
+    handle._install()
+    return handle

@@ -1,0 +1,475 @@
+"""Model loading: hub ids and local folders through ``from_pretrained``, plus offline tiny presets.
+
+The presets ``tiny-llava`` and ``tiny-qwen2-vl`` are the real architectures (LlavaForConditionalGeneration with a
+CLIP tower and a 2-layer GELU projector; Qwen2VLForConditionalGeneration) with random weights from a fixed seed and
+a tokenizer and processor built locally, so they need no download. Their prompt formats match the real models'
+(the llava-hf chat template; Qwen2-VL's chat template). A random model has no massive activations, so the presets
+come with sinks planted (:func:`plant_sinks`): BOS / ``<|im_start|>``, newline and period tokens and a few image
+tokens get a massive value in :data:`TINY_SINK_DIMS`, recorded in ``config.text_config.sink_dims`` so that
+``var_core.patch`` finds them. ``planted=False`` gives the bare random model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+    ProcessorMixin,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLProcessor,
+)
+
+from var_core.errors import VarsweepError
+from var_core.families import backbone, family_of, image_token_id
+
+__all__ = [
+    "PRESETS",
+    "TINY_SINK_DIMS",
+    "ModelLoadError",
+    "PlantedSinks",
+    "TinyShape",
+    "load_model",
+    "plant_sinks",
+    "build_tiny_llava",
+    "build_tiny_qwen2_vl",
+    "save_model",
+]
+
+TINY_SINK_DIMS: tuple[int, ...] = (101, 517)
+_SEED = 0
+
+
+class ModelLoadError(VarsweepError, ValueError):
+    """A model name is neither a preset, a local folder nor a reachable hub id."""
+
+
+@dataclass(frozen=True)
+class TinyShape:
+    """Sizes of a tiny preset's text model. hidden >= 512 lets phi reach tau = 20 (phi <= sqrt(D), VAR.md sec. 7)."""
+
+    hidden: int = 768
+    layers: int = 4
+    heads: int = 12
+    kv_heads: int = 4
+    intermediate: int = 1536
+    vocab: int = 0  # 0: the tokenizer's size; larger pads the embedding (LLaVA-1.5: 32064)
+    image_size: int = 112  # LLaVA: (112 / 14)^2 = 64 image tokens; Qwen2-VL: images resized to 224 px -> 64
+    vision_hidden: int = 64
+    vision_layers: int = 3
+    vision_heads: int = 4
+    vision_intermediate: int = 128
+
+
+# LLaVA-1.5-7B: Vicuna-7B text model, CLIP ViT-L/14 at 336 px (576 image tokens), feature layer -2.
+LLAVA_15_7B_SHAPE = TinyShape(
+    hidden=4096,
+    layers=32,
+    heads=32,
+    kv_heads=32,
+    intermediate=11008,
+    vocab=32064,
+    image_size=336,
+    vision_hidden=1024,
+    vision_layers=24,
+    vision_heads=16,
+    vision_intermediate=4096,
+)
+
+
+# The real llava-hf/llava-1.5-*-hf chat template: with a system message this renders LLaVA-1.5's vicuna_v1
+# conversation "<system> USER: <image>\n<text> ASSISTANT:".
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
+    "{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+# The real Qwen/Qwen2-VL-*-Instruct chat template (without video numbering).
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
+    "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n{% else %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in content %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == 'video' or 'video' in content %}"
+    "<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Text the tiny tokenizers are trained on: the prompt wording of the supported tasks, so prompts tokenise into
+# words (as with real tokenizers) and every answer option starts with a token of its own.
+_CORPUS = [
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the user's questions.",
+    "USER: ASSISTANT: You are a helpful assistant.",
+    "system\nYou are a helpful assistant.", "user\nIs it red?", "assistant\nYes",
+    "Answer with the option's letter from the given choices directly.",
+    "Answer the question using a single word or phrase. Please answer yes or no.",
+    "Is there a dog in the image? Is the circle red or blue? Are the butterfly's feet visible?",
+    "What is shown in this image? How many objects are in the image? Select from the following choices.",
+    "When the provided information is insufficient, respond with 'Unanswerable'. Options: Question: Hint:",
+    "Please describe this image in detail. The answer is",
+    " A B C D E F (a) (b) (c) (d) A. B. C. D. Yes No yes no Open Closed left right up down",
+    " red blue green yellow black white square circle triangle large small top bottom one two three four",
+] + [" A", " B", " C", " D", " Yes", " No", " yes", " no", "\n"] * 20
+
+
+def _train_tokenizer(specials: list[str]) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    raw.train_from_iterator(_CORPUS * 4, trainer)
+    return raw
+
+
+def _llava_tokenizer() -> PreTrainedTokenizerFast:
+    from tokenizers import processors
+
+    raw = _train_tokenizer(["<unk>", "<s>", "</s>", "<pad>", "<image>"])
+    raw.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", raw.token_to_id("<s>"))])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    tokenizer.padding_side = "left"
+    tokenizer.chat_template = LLAVA_CHAT_TEMPLATE
+    return tokenizer
+
+
+def _qwen_tokenizer() -> PreTrainedTokenizerFast:
+    specials = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+    ]
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer(specials),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens={
+            "image_token": "<|image_pad|>",
+            "video_token": "<|video_pad|>",
+            "vision_bos_token": "<|vision_start|>",
+            "vision_eos_token": "<|vision_end|>",
+        },
+    )
+    tokenizer.padding_side = "left"
+    tokenizer.chat_template = QWEN2_VL_CHAT_TEMPLATE
+    return tokenizer
+
+
+class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
+    """Qwen2VLProcessor without a video processor, which needs torchvision (absent beside the CPU torch)."""
+
+    def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
+        if argument is None and "video" in argument_name:
+            return None
+        return super().check_argument_for_proper_class(argument_name, argument)
+
+
+def _text_kwargs(shape: TinyShape, tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
+    return {
+        "vocab_size": max(len(tokenizer), shape.vocab),
+        "hidden_size": shape.hidden,
+        "intermediate_size": shape.intermediate,
+        "num_hidden_layers": shape.layers,
+        "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.kv_heads,
+        "max_position_embeddings": 4096,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
+    }
+
+
+def build_tiny_llava(
+    shape: TinyShape = TinyShape(),
+    *,
+    seed: int = _SEED,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[nn.Module, ProcessorMixin]:
+    """LLaVA-1.5 architecture (Llama text model, CLIP ViT tower at feature layer -2, GELU projector), random.
+
+    Weights are initialised directly on ``device`` in ``dtype`` (a 7B-shaped model builds in seconds on a GPU).
+    """
+    from transformers import CLIPImageProcessor
+
+    tokenizer = _llava_tokenizer()
+    patches = (shape.image_size // 14) ** 2
+    config = LlavaConfig(
+        text_config=LlamaConfig(**_text_kwargs(shape, tokenizer)),
+        vision_config=CLIPVisionConfig(
+            hidden_size=shape.vision_hidden,
+            intermediate_size=shape.vision_intermediate,
+            num_hidden_layers=shape.vision_layers,
+            num_attention_heads=shape.vision_heads,
+            image_size=shape.image_size,
+            patch_size=14,
+            projection_dim=shape.vision_hidden,
+        ),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        image_seq_length=patches,
+    )
+    model = _construct(LlavaForConditionalGeneration, config, seed=seed, device=device, dtype=dtype)
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": shape.image_size}, crop_size={"height": shape.image_size, "width": shape.image_size}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # the CLS token, dropped by the "default" strategy
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    return model, processor
+
+
+def build_tiny_qwen2_vl(shape: TinyShape = TinyShape(), *, seed: int = _SEED) -> tuple[nn.Module, ProcessorMixin]:
+    """Qwen2-VL architecture (Qwen2 text model with M-RoPE, Qwen2-VL vision tower and merger), random."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tokenizer = _qwen_tokenizer()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens}
+    head_dim = shape.hidden // shape.heads
+    section = [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]  # sums to head_dim / 2, as Qwen2-VL's
+    config = Qwen2VLConfig(
+        text_config={
+            **_text_kwargs(shape, tokenizer),
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": section},
+        },
+        vision_config={
+            "depth": shape.vision_layers,
+            "embed_dim": shape.vision_hidden,
+            "hidden_size": shape.hidden,
+            "num_heads": shape.vision_heads,
+            "mlp_ratio": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    model = _construct(Qwen2VLForConditionalGeneration, config, seed=seed, device="cpu", dtype=torch.float32)
+    pixels = (2 * shape.image_size) ** 2
+    image_processor = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": pixels, "longest_edge": pixels}, patch_size=14, temporal_patch_size=2, merge_size=2
+    )
+    processor = Qwen2VLImageOnlyProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=None,
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+    )
+    return model, processor
+
+
+def _construct(cls: type, config: Any, *, seed: int, device: str | torch.device, dtype: torch.dtype) -> nn.Module:
+    torch.manual_seed(seed)
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = cls(config)
+    finally:
+        torch.set_default_dtype(default_dtype)
+    return model.eval()
+
+
+class PlantedSinks:
+    """Massive activations planted in a model's language-model input (a test and demo device).
+
+    Adds ``magnitude * weights[i]`` in ``dims[i]`` to the input embedding of every token whose id is in
+    ``token_ids`` and of the image tokens at ``image_positions`` (0-based, counted within each row's image tokens),
+    before the first decoder layer; the residual stream then carries them through every layer, as the massive
+    activations of real LLMs are carried (VAR.md sec. 1). Remove with :meth:`remove`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        dims: Sequence[int],
+        weights: Sequence[float],
+        magnitude: float,
+        token_ids: Sequence[int],
+        image_positions: Sequence[int],
+    ) -> None:
+        if len(dims) != len(weights):
+            raise VarsweepError(f"plant_sinks: {len(dims)} dims but {len(weights)} weights")
+        self.dims, self.token_ids, self.image_positions = tuple(dims), tuple(token_ids), tuple(image_positions)
+        self._add = torch.zeros(model.config.get_text_config().hidden_size)
+        self._add[list(dims)] = torch.tensor([magnitude * w for w in weights])
+        self._image_id = image_token_id(model)
+        self._pending: torch.Tensor | None = None  # [B, T] planted positions of the call in flight
+        outer = backbone(model)
+        inner = outer.language_model
+        self._hooks = [
+            outer.register_forward_pre_hook(self._find_positions, with_kwargs=True),
+            inner.register_forward_pre_hook(self._plant, with_kwargs=True),
+        ]
+
+    def _find_positions(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if input_ids is None:
+            self._pending = None
+            return
+        image = input_ids == self._image_id
+        rank = image.long().cumsum(dim=1) - 1
+        planted = torch.isin(input_ids, torch.tensor(self.token_ids, device=input_ids.device))
+        planted |= image & torch.isin(rank, torch.tensor(self.image_positions, device=input_ids.device))
+        self._pending = planted
+
+    def _plant(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple | None:
+        planted, self._pending = self._pending, None
+        embeds = kwargs.get("inputs_embeds")
+        if planted is None or embeds is None or not bool(planted.any()):
+            return None
+        add = self._add.to(embeds.device, embeds.dtype)
+        kwargs["inputs_embeds"] = embeds + planted[..., None].to(embeds.dtype) * add
+        return args, kwargs
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+
+
+def plant_sinks(
+    model: nn.Module,
+    processor: ProcessorMixin,
+    *,
+    dims: Sequence[int] = TINY_SINK_DIMS,
+    weights: Sequence[float] | None = None,
+    magnitude: float = 30.0,
+    text_tokens: Sequence[str] | None = None,
+    image_positions: Sequence[int] = (5, 27, 44),
+) -> PlantedSinks:
+    """Plant massive activations in ``dims`` on BOS-like, newline and period tokens and a few image tokens.
+
+    The first dim gets the full ``magnitude``, the others a third of it, so phi approaches ~0.95 sqrt(D) on the
+    sinks (real LLaVA-1.5-7B: phi ~ 50 against ~ 5 elsewhere). Records ``dims`` as
+    ``config.text_config.sink_dims`` so that :func:`var_core.patch` uses them.
+    """
+    tokenizer = processor.tokenizer
+    if text_tokens is None:
+        first = tokenizer.bos_token if tokenizer.bos_token is not None else "<|im_start|>"
+        text_tokens = [first, "Ċ", "."]  # byte-level BPE spells "\n" as "Ċ"
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in text_tokens]
+    if any(i is None or i == tokenizer.unk_token_id for i in ids):
+        raise VarsweepError(f"plant_sinks: some of {list(text_tokens)} are not tokens of this tokenizer")
+    weights = tuple(weights) if weights is not None else (1.0,) + (1 / 3,) * (len(dims) - 1)
+    planted = PlantedSinks(
+        model, dims=dims, weights=weights, magnitude=magnitude, token_ids=ids, image_positions=image_positions
+    )
+    model.config.get_text_config().sink_dims = list(dims)
+    return planted
+
+
+PRESETS = {"tiny-llava": build_tiny_llava, "tiny-qwen2-vl": build_tiny_qwen2_vl}
+
+
+def load_model(
+    name: str,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    planted: bool = True,
+) -> tuple[nn.Module, ProcessorMixin]:
+    """Load ``(model, processor)``: a preset, a local folder or a hub id, in eval mode with SDPA attention.
+
+    ``device`` defaults to cuda when available. Presets come with planted sinks unless ``planted=False``.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if name in PRESETS:
+        model, processor = PRESETS[name]()
+        if planted:
+            plant_sinks(model, processor)
+        model.config._name_or_path = name
+    else:
+        model, processor = _from_pretrained(name, dtype=dtype)
+    family_of(model)  # fail early, with the list of supported types
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.to(device).eval(), processor
+
+
+def _from_pretrained(name: str, *, dtype: torch.dtype | None) -> tuple[nn.Module, ProcessorMixin]:
+    local = Path(name).expanduser()
+    if not local.is_dir() and (os.sep in name and not _looks_like_hub_id(name)):
+        raise ModelLoadError(f"model {name!r}: no such folder, and not a preset ({', '.join(PRESETS)})")
+    source = str(local) if local.is_dir() else name
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(
+            source, dtype=dtype or "auto", attn_implementation="sdpa"
+        )
+        processor = AutoProcessor.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(
+            f"cannot load model {name!r} (not a preset: {', '.join(PRESETS)}; not a local folder with a "
+            f"config.json; hub: {first_line})"
+        ) from e
+    if not isinstance(processor, ProcessorMixin):
+        # Without torchvision, Qwen2-VL's processor cannot be rebuilt by AutoProcessor: assemble it by hand.
+        processor = Qwen2VLImageOnlyProcessor(
+            image_processor=AutoImageProcessor.from_pretrained(source),
+            tokenizer=AutoTokenizer.from_pretrained(source),
+            video_processor=None,
+            chat_template=getattr(processor, "chat_template", None),
+        )
+    return model, processor
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def save_model(model: nn.Module, processor: ProcessorMixin, folder: str | Path) -> Path:
+    """Save a model and its processor so that :func:`load_model` (``from_pretrained``) reads them back."""
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    if isinstance(processor, Qwen2VLImageOnlyProcessor):
+        processor.image_processor.save_pretrained(folder)
+        processor.tokenizer.save_pretrained(folder)
+    else:
+        processor.save_pretrained(folder)
+    return folder
