@@ -21,20 +21,8 @@ import torch
 from PIL import Image
 
 from var_core import VARConfig, patch
-from workers.models import LLAVA_15_7B_SHAPE, TinyShape, build_tiny_llava, plant_sinks
+from workers.models import LLAVA_15_7B_SHAPE, LLAVA_CPU_SHAPE, build_tiny_llava, plant_sinks
 
-CPU_SHAPE = TinyShape(
-    hidden=1024,
-    layers=8,
-    heads=16,
-    kv_heads=16,
-    intermediate=2816,
-    image_size=336,
-    vision_hidden=256,
-    vision_layers=4,
-    vision_heads=4,
-    vision_intermediate=1024,
-)
 QUESTION = "Are the butterfly's feet visible? (a) Yes (b) No"
 SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
@@ -57,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    shape = CPU_SHAPE if args.shape == "cpu" else LLAVA_15_7B_SHAPE
+    shape = LLAVA_CPU_SHAPE if args.shape == "cpu" else LLAVA_15_7B_SHAPE
     if device.type == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
 

@@ -45,6 +45,8 @@ __all__ = [
     "ModelLoadError",
     "PlantedSinks",
     "TinyShape",
+    "LLAVA_CPU_SHAPE",
+    "LLAVA_15_7B_SHAPE",
     "load_model",
     "plant_sinks",
     "build_tiny_llava",
@@ -76,6 +78,21 @@ class TinyShape:
     vision_heads: int = 4
     vision_intermediate: int = 128
 
+
+# LLaVA-1.5's shape scaled to 2 CPU cores for benchmarks: CLIP-style tower at 336 px / 14 (576 image tokens),
+# a text model of 1024 hidden x 8 layers; the tower is ~4% of the text model's weights, as in LLaVA-1.5-7B.
+LLAVA_CPU_SHAPE = TinyShape(
+    hidden=1024,
+    layers=8,
+    heads=16,
+    kv_heads=16,
+    intermediate=2816,
+    image_size=336,
+    vision_hidden=256,
+    vision_layers=4,
+    vision_heads=4,
+    vision_intermediate=1024,
+)
 
 # LLaVA-1.5-7B: Vicuna-7B text model, CLIP ViT-L/14 at 336 px (576 image tokens), feature layer -2.
 LLAVA_15_7B_SHAPE = TinyShape(

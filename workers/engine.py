@@ -1,0 +1,388 @@
+"""The sweep-aware evaluation engine: per example, the prefix once; per configuration, only the suffix.
+
+VAR only rewrites attention rows of text after the image and of generated tokens (DESIGN.md, "Why a sweep can be
+much faster"). So for each example the vision tower, the forward of the prompt up to the image end, its KV cache
+and the prefix tokens' sink-score components (:class:`var_core.VARState`) do not depend on (tau, rho, p): they
+are computed once, kept within a byte budget (device memory, then host memory, then recomputed), and every batch
+of configurations runs only the suffix (the question) against a zero-copy, batch-expanded view of that cache, one
+configuration per batch row. Option tasks score from the first answer token's logits; generation tasks decode
+greedily from the cache. Results equal a plain full-prompt run of the patched model (tests/workers prove it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from var_core import VARConfig, VARHandle, VARState, VARStats, family_of, patch
+from var_core.errors import VarsweepError
+from var_core.families import image_token_id
+from workers.tasks import Example, Task, option_token_ids
+
+__all__ = ["EvalEngine", "ConfigResult", "Prepared", "CacheStats"]
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Prepared:
+    """Everything about one example that no VAR configuration changes."""
+
+    example_id: str
+    prompt_len: int
+    prefix_len: int
+    suffix_ids: torch.Tensor  # [1, S]
+    keys: list[torch.Tensor]  # per layer [1, H_kv, P, D]
+    values: list[torch.Tensor]
+    state: VARState  # sink-score components of the prefix, image positions
+    suffix_positions: torch.Tensor | None  # Qwen2-VL M-RoPE: [3, 1, S]
+    option_ids: tuple[int, ...] | None
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [*self.keys, *self.values, *self.state.peak.values(), *self.state.mean_sq.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def to(self, device: torch.device) -> Prepared:
+        """This entry with its tensors on ``device`` (a copy when the device changes)."""
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=True)
+
+        state = self.state
+        moved = VARState(
+            prompt_len=state.prompt_len,
+            seen=state.seen,
+            visual=move(state.visual),  # type: ignore[arg-type]
+            candidate=move(state.candidate),  # type: ignore[arg-type]
+            image_end=move(state.image_end),  # type: ignore[arg-type]
+            peak={k: move(v) for k, v in state.peak.items()},
+            mean_sq={k: move(v) for k, v in state.mean_sq.items()},
+        )
+        return Prepared(
+            example_id=self.example_id,
+            prompt_len=self.prompt_len,
+            prefix_len=self.prefix_len,
+            suffix_ids=move(self.suffix_ids),
+            keys=[move(k) for k in self.keys],
+            values=[move(v) for v in self.values],
+            state=moved,
+            suffix_positions=None if self.suffix_positions is None else move(self.suffix_positions),
+            option_ids=self.option_ids,
+        )
+
+
+@dataclass
+class ConfigResult:
+    """One configuration's results over the examples it was evaluated on."""
+
+    config: VARConfig | None  # None: VAR off (the baseline)
+    answers: dict[str, str] = field(default_factory=dict)  # example id -> raw answer text
+    choices: dict[str, int] = field(default_factory=dict)  # option tasks: index of the chosen option
+    tokens: dict[str, list[int]] = field(default_factory=dict)  # generation tasks: generated token ids
+    stats: VARStats | None = None
+
+
+@dataclass
+class CacheStats:
+    prepared: int = 0  # prefixes computed (recomputations included)
+    device_hits: int = 0
+    host_hits: int = 0
+    evictions: int = 0
+    prepare_seconds: float = 0.0
+
+
+class _PrefixCache:
+    """Prepared examples in two LRU tiers: device memory, then host memory; beyond both, dropped."""
+
+    def __init__(self, device: torch.device, device_bytes: int, host_bytes: int) -> None:
+        self.device = device
+        self.device_bytes = device_bytes
+        self.host_bytes = host_bytes if device.type != "cpu" else 0  # on a CPU, host memory is the device
+        self.on_device: OrderedDict[str, Prepared] = OrderedDict()
+        self.on_host: OrderedDict[str, Prepared] = OrderedDict()
+        self.stats = CacheStats()
+
+    def get(self, key: str) -> Prepared | None:
+        if key in self.on_device:
+            self.on_device.move_to_end(key)
+            self.stats.device_hits += 1
+            return self.on_device[key]
+        if key in self.on_host:
+            self.stats.host_hits += 1
+            return self.put(key, self.on_host.pop(key).to(self.device))
+        return None
+
+    def put(self, key: str, entry: Prepared) -> Prepared:
+        self.on_device[key] = entry
+        self._shrink(self.on_device, self.device_bytes, spill=self.host_bytes > 0)
+        self._shrink(self.on_host, self.host_bytes, spill=False)
+        return entry
+
+    def _shrink(self, tier: OrderedDict[str, Prepared], budget: int, *, spill: bool) -> None:
+        # the newest entry always stays, even alone over budget: it is about to be used
+        while len(tier) > 1 and sum(e.nbytes for e in tier.values()) > budget:
+            key, entry = tier.popitem(last=False)
+            if spill:
+                self.on_host[key] = entry.to(torch.device("cpu"))
+            else:
+                self.stats.evictions += 1
+
+    def clear(self) -> None:
+        self.on_device.clear()
+        self.on_host.clear()
+
+
+def _expanded_cache(keys: list[torch.Tensor], values: list[torch.Tensor], n: int, config: Any) -> DynamicCache:
+    """A DynamicCache whose layers are batch-expanded views of one prefix (no copy; suffix calls append)."""
+    cache = DynamicCache(config=config)
+    for layer, k, v in zip(cache.layers, keys, values, strict=True):
+        layer.dtype, layer.device, layer.is_initialized = k.dtype, k.device, True
+        layer.keys = k.expand(n, -1, -1, -1)
+        layer.values = v.expand(n, -1, -1, -1)
+    return cache
+
+
+class EvalEngine:
+    """Evaluates batches of VAR configurations on a task's examples, reusing per-example prefixes.
+
+    The engine owns a VAR patch on ``model`` (or uses ``handle``). ``cache_bytes`` bounds the prefixes kept in
+    device memory, ``host_cache_bytes`` those spilled to host memory (GPU only); anything beyond is recomputed
+    when needed. ``max_batch`` bounds the configurations run together against one prefix.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        processor: Any,
+        *,
+        handle: VARHandle | None = None,
+        cache_bytes: int = 8 << 30,
+        host_cache_bytes: int = 32 << 30,
+        max_batch: int = 16,
+    ) -> None:
+        self.model = model
+        self.processor = processor
+        self.family = family_of(model).name
+        self.handle = handle if handle is not None else patch(model, VARConfig())
+        self.device = next(model.parameters()).device
+        self.text_config = model.config.get_text_config()
+        self.max_batch = max_batch
+        self._image_token_id = image_token_id(model)
+        self._eos = self._eos_ids()
+        self._cache = _PrefixCache(self.device, cache_bytes, host_cache_bytes)
+
+    @property
+    def cache_stats(self) -> CacheStats:
+        return self._cache.stats
+
+    def close(self) -> None:
+        self._cache.clear()
+        self.handle.remove()
+
+    # ------------------------------------------------------------------ public
+    def prepare(self, task: Task, examples: Sequence[Example], progress: Progress | None = None) -> None:
+        """Compute (or find) the prefix of every example; ``progress(done, total)`` after each."""
+        for done, example in enumerate(examples, 1):
+            self._prepared(task, example)
+            if progress is not None:
+                progress(done, len(examples))
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        task: Task,
+        configs: Sequence[VARConfig | None],
+        examples: Sequence[Example],
+        *,
+        collect_stats: bool = True,
+    ) -> list[ConfigResult]:
+        """Per configuration (``None`` = VAR off), the answers on ``examples``, in the order of ``configs``."""
+        results = [ConfigResult(config=c) for c in configs]
+        var_slots = [i for i, c in enumerate(configs) if c is not None]
+        off_slots = [i for i, c in enumerate(configs) if c is None]
+        for example in examples:
+            prep = self._prepared(task, example)
+            if off_slots:
+                self._run(task, example, prep, None, [results[i] for i in off_slots], collect_stats=False)
+            for start in range(0, len(var_slots), self.max_batch):
+                chunk = var_slots[start : start + self.max_batch]
+                self._run(
+                    task,
+                    example,
+                    prep,
+                    [configs[i] for i in chunk],  # type: ignore[misc]
+                    [results[i] for i in chunk],
+                    collect_stats=collect_stats,
+                )
+        return results
+
+    # ------------------------------------------------------------------ internals
+    def _eos_ids(self) -> set[int]:
+        ids = set()
+        for source in (getattr(self.model, "generation_config", None), self.text_config):
+            eos = getattr(source, "eos_token_id", None)
+            ids.update([eos] if isinstance(eos, int) else list(eos or []))
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        if tokenizer.eos_token_id is not None:
+            ids.add(tokenizer.eos_token_id)
+        return ids
+
+    def _inputs(self, task: Task, example: Example) -> tuple[str, dict[str, torch.Tensor]]:
+        prompt = task.build_prompt(example, self.processor, self.family)
+        inputs = self.processor(images=example.image.load(), text=prompt, return_tensors="pt")
+        dtype = next(self.model.parameters()).dtype
+        return prompt, {
+            k: (v.to(self.device, dtype) if k == "pixel_values" else v.to(self.device)) for k, v in inputs.items()
+        }
+
+    def _prepared(self, task: Task, example: Example) -> Prepared:
+        key = f"{task.name}\x00{example.id}"
+        entry = self._cache.get(key)
+        if entry is None:
+            start = time.perf_counter()
+            entry = self._cache.put(key, self._compute_prefix(task, example))
+            self._cache.stats.prepared += 1
+            self._cache.stats.prepare_seconds += time.perf_counter() - start
+        return entry
+
+    @torch.no_grad()
+    def _compute_prefix(self, task: Task, example: Example) -> Prepared:
+        prompt, inputs = self._inputs(task, example)
+        ids = inputs["input_ids"]
+        image = (ids[0] == self._image_token_id).nonzero()
+        if len(image) == 0:
+            raise VarsweepError(f"example {example.id}: the prompt has no image token")
+        prefix_len = int(image[-1]) + 1
+        prompt_len = ids.shape[1]
+        if prefix_len >= prompt_len:
+            raise VarsweepError(f"example {example.id}: no text after the image; VAR has nothing to act on")
+        state = self.handle.new_state(prompt_len=prompt_len)
+        prefix = {
+            "input_ids": ids[:, :prefix_len],
+            "pixel_values": inputs["pixel_values"],
+            "use_cache": True,
+            "var_state": state,
+        }
+        positions = None
+        if "image_grid_thw" in inputs:  # Qwen2-VL: explicit M-RoPE positions, stateless across calls
+            positions, _ = self.model.model.get_rope_index(
+                ids, mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"]
+            )
+            prefix |= {
+                "image_grid_thw": inputs["image_grid_thw"],
+                "mm_token_type_ids": inputs["mm_token_type_ids"][:, :prefix_len],
+                "position_ids": positions[:, :, :prefix_len],
+            }
+        self.handle.enable()
+        out = self.model.model(**prefix)  # the backbone: no LM head for prefix positions
+        cache = out.past_key_values
+        option_ids = None
+        if task.answer_mode == "options":
+            tokenizer = getattr(self.processor, "tokenizer", self.processor)
+            option_ids = tuple(option_token_ids(tokenizer, prompt, example.options))
+        return Prepared(
+            example_id=example.id,
+            prompt_len=prompt_len,
+            prefix_len=prefix_len,
+            suffix_ids=ids[:, prefix_len:],
+            keys=[layer.keys for layer in cache.layers],
+            values=[layer.values for layer in cache.layers],
+            state=state,
+            suffix_positions=None if positions is None else positions[:, :, prefix_len:],
+            option_ids=option_ids,
+        )
+
+    def _run(
+        self,
+        task: Task,
+        example: Example,
+        prep: Prepared,
+        configs: list[VARConfig] | None,
+        results: list[ConfigResult],
+        *,
+        collect_stats: bool,
+    ) -> None:
+        """One suffix batch: a row per configuration (``None``: VAR off, one row shared by all results)."""
+        n = 1 if configs is None else len(configs)
+        kwargs: dict[str, Any] = {
+            "input_ids": prep.suffix_ids.expand(n, -1),
+            "past_key_values": _expanded_cache(prep.keys, prep.values, n, self.text_config),
+            "use_cache": True,
+            "logits_to_keep": 1,
+        }
+        positions = None
+        if prep.suffix_positions is not None:
+            positions = prep.suffix_positions.expand(3, n, -1)
+            kwargs["position_ids"] = positions
+        if configs is None:
+            self.handle.disable()
+        else:
+            self.handle.enable()
+            self.handle.set(configs)
+            self.handle.collect_stats = collect_stats
+            kwargs["var_state"] = prep.state.expand(n)
+        try:
+            out = self.model(**kwargs)
+            logits = out.logits[:, -1]
+            if task.answer_mode == "options":
+                self._choose(example, prep, logits, results)
+            else:
+                self._decode(task, example, out, logits, kwargs, positions, results)
+        finally:
+            if configs is not None and collect_stats:
+                stats = self.handle.stats(reset=True)
+                for slot, result in enumerate(results):
+                    one = stats.select(slot)
+                    result.stats = one if result.stats is None else result.stats + one
+            self.handle.collect_stats = False
+            self.handle.enable()
+
+    def _choose(self, example: Example, prep: Prepared, logits: torch.Tensor, results: list[ConfigResult]) -> None:
+        option_logits = logits[:, list(prep.option_ids)]  # type: ignore[arg-type]
+        chosen = option_logits.argmax(dim=-1).tolist()
+        for row, result in enumerate(results):
+            index = chosen[row] if len(chosen) > 1 else chosen[0]
+            result.choices[example.id] = index
+            result.answers[example.id] = example.options[index]  # type: ignore[index]
+
+    def _decode(
+        self,
+        task: Task,
+        example: Example,
+        out: Any,
+        logits: torch.Tensor,
+        kwargs: dict[str, Any],
+        positions: torch.Tensor | None,
+        results: list[ConfigResult],
+    ) -> None:
+        n = logits.shape[0]
+        generated = torch.empty(n, 0, dtype=torch.long, device=logits.device)
+        done = torch.zeros(n, dtype=torch.bool, device=logits.device)
+        eos = torch.tensor(sorted(self._eos), device=logits.device)
+        for step in range(task.max_new_tokens):
+            token = logits.argmax(dim=-1)
+            generated = torch.cat([generated, token[:, None]], dim=1)
+            done |= torch.isin(token, eos)
+            if bool(done.all()) or step + 1 == task.max_new_tokens:
+                break
+            kwargs["input_ids"] = token[:, None]
+            kwargs["past_key_values"] = out.past_key_values
+            if positions is not None:  # text positions advance by one in all three M-RoPE sections
+                kwargs["position_ids"] = positions[:, :, -1:] + step + 1
+            out = self.model(**kwargs)
+            logits = out.logits[:, -1]
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        rows = generated.tolist()
+        for row, result in enumerate(results):
+            ids = rows[row] if n > 1 else rows[0]
+            ids = ids[: next((i for i, t in enumerate(ids) if t in self._eos), len(ids))]
+            result.tokens[example.id] = ids
+            result.answers[example.id] = tokenizer.decode(ids, skip_special_tokens=True).strip()
