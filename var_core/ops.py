@@ -21,6 +21,8 @@ __all__ = [
     "phi_from_components",
     "sink_mask",
     "redistribute",
+    "redistribute_rows",
+    "Redistribution",
     "RowParams",
     "row_params",
     "OFFICIAL_RMS_EPS",
@@ -131,6 +133,18 @@ def row_params(
     )
 
 
+@dataclass(frozen=True)
+class Redistribution:
+    """What :func:`redistribute` computed, per row ``[B, H, Q]``, for callers that also keep statistics."""
+
+    attn: torch.Tensor  # [B, H, Q, K] the new probabilities
+    selected: torch.Tensor  # rows that passed the selection tests
+    changed: torch.Tensor  # selected rows with a receiver (S > 0): the rows actually rewritten
+    visual_mass: torch.Tensor  # V
+    receiver_mass: torch.Tensor  # S
+    moved_mass: torch.Tensor  # attention taken from sinks and given to visual non-sinks (0 where unchanged)
+
+
 def redistribute(
     attn: torch.Tensor,
     visual: torch.Tensor,
@@ -158,32 +172,49 @@ def redistribute(
     visual sink. Redistribution (sec. 3): sinks keep ``kept`` of their attention; the budget
     Omega = (1 - kept) * sum_{sinks} alpha goes to the visual non-sinks in proportion to alpha_j / S.
     """
+    out = redistribute_rows(attn, visual, sinks, queries, config)
+    return out.attn, out.selected
+
+
+def redistribute_rows(
+    attn: torch.Tensor,
+    visual: torch.Tensor,
+    sinks: torch.Tensor,
+    queries: torch.Tensor,
+    config: VARConfig | Sequence[VARConfig] | RowParams,
+) -> Redistribution:
+    """:func:`redistribute`, also returning the per-row masses it computed (see :class:`Redistribution`)."""
     batch = attn.shape[0]
     params = config if isinstance(config, RowParams) else row_params(config, batch=batch, device=attn.device)
     a = attn if attn.dtype == torch.float64 else attn.float()
-    vis = visual[:, None, None, :]
-    snk = sinks[:, None, None, :]
-    receivers = vis & ~snk
-    zero = a.new_zeros(())
-    vis_mass = torch.where(vis, a, zero).sum(-1)  # V   [B,H,Q]
-    receiver_mass = torch.where(receivers, a, zero).sum(-1)  # S
-    sink_mass = torch.where(snk, a, zero).sum(-1)
+    receivers = visual & ~sinks
+    # One batched matmul gives the four masses of every row: V, S, sink mass, visual-sink mass.
+    masks = torch.stack([visual, receivers, sinks, visual & sinks], dim=-1).to(a.dtype)[:, None]  # [B,1,K,4]
+    vis_mass, receiver_mass, sink_mass, vis_sink_mass = torch.matmul(a, masks).unbind(-1)  # [B,H,Q] each
     summ = params.summ.to(a.dtype)[:, None, None]
+    rho = params.rho.to(a.dtype)[:, None, None]
     passes_mass = (vis_mass >= summ) & (vis_mass > 0)
     if params.convention == "official":
         n_vis = visual.sum(-1).to(a.dtype)[:, None, None]
-        vis_sink_mass = torch.where(vis & snk, a, zero).sum(-1)
         share = vis_sink_mass / (vis_mass + _OFFICIAL_SHARE_EPS * n_vis)
-        has_visual_sink = (visual & sinks).any(-1)[:, None, None]
-        passes_share = (share <= params.rho.to(a.dtype)[:, None, None]) & has_visual_sink
+        passes_share = (share <= rho) & (visual & sinks).any(-1)[:, None, None]
     else:
         ratio = receiver_mass / torch.where(vis_mass > 0, vis_mass, torch.ones_like(vis_mass))
-        passes_share = ratio >= params.rho.to(a.dtype)[:, None, None]
+        passes_share = ratio >= rho
     selected = queries[:, None, :] & passes_mass & passes_share
+    changed = selected & (receiver_mass > 0)
 
-    kept = params.kept.to(a.dtype)[:, None, None, None]
-    budget = (1.0 - kept[..., 0]) * sink_mass  # Omega [B,H,Q]
-    gain = budget / torch.where(receiver_mass > 0, receiver_mass, torch.ones_like(receiver_mass))
-    moved = a * torch.where(snk, kept, torch.ones_like(kept)) + torch.where(receivers, a * gain[..., None], zero)
-    change = (selected & (receiver_mass > 0))[..., None]
-    return torch.where(change, moved.to(attn.dtype), attn), selected
+    kept = params.kept.to(a.dtype)
+    moved_mass = torch.where(changed, (1.0 - kept)[:, None, None] * sink_mass, torch.zeros_like(sink_mass))
+    gain = moved_mass / torch.where(receiver_mass > 0, receiver_mass, torch.ones_like(receiver_mass))  # Omega / S
+    sink_scale = torch.where(sinks, kept[:, None], torch.ones_like(kept)[:, None])[:, None, None, :]  # [B,1,1,K]
+    factor = sink_scale + receivers[:, None, None, :].to(a.dtype) * gain[..., None]
+    new = torch.where(changed[..., None], (a * factor).to(attn.dtype), attn)
+    return Redistribution(
+        attn=new,
+        selected=selected,
+        changed=changed,
+        visual_mass=vis_mass,
+        receiver_mass=receiver_mass,
+        moved_mass=moved_mass,
+    )

@@ -32,7 +32,14 @@ from transformers.models.llama.modeling_llama import eager_attention_forward
 from var_core.config import VARConfig
 from var_core.errors import UnsupportedModelError, VarsweepError
 from var_core.families import backbone, decoder_layers, family_of, image_token_id
-from var_core.ops import RowParams, phi_from_components, redistribute, row_params, sink_components
+from var_core.ops import (
+    Redistribution,
+    RowParams,
+    phi_from_components,
+    redistribute_rows,
+    row_params,
+    sink_components,
+)
 from var_core.sink_dims import resolve_sink_dims
 from var_core.stats import VARStats
 
@@ -331,23 +338,21 @@ class VARHandle:
         probs = _attention_probs(module, query[:, :, first:], key, attention_mask, first, scaling)
         visual = _pad_keys(state.visual, n_keys)  # type: ignore[arg-type]
         sinks = state.sinks(layer, params, n_keys)
-        new_probs, selected = redistribute(probs, visual, sinks, modifiable[:, first:], params)
+        result = redistribute_rows(probs, visual, sinks, modifiable[:, first:], params)
         if self.collect_stats:
-            self._record_stats(layer, state, probs, new_probs, selected, visual, sinks, modifiable[:, first:])
+            self._record_stats(layer, state, result, visual, sinks, modifiable[:, first:])
         values = repeat_kv(value, module.num_key_value_groups)
-        outputs.append(torch.matmul(new_probs.to(value.dtype), values).transpose(1, 2))
+        outputs.append(torch.matmul(result.attn.to(value.dtype), values).transpose(1, 2))
         out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
         # The eager path holds every row's probabilities, so it can serve output_attentions (after VAR).
-        weights = new_probs.to(query.dtype) if self.path == "eager" else None
+        weights = result.attn.to(query.dtype) if self.path == "eager" else None
         return out.contiguous(), weights
 
     def _record_stats(
         self,
         layer: int,
         state: VARState,
-        probs: torch.Tensor,
-        new_probs: torch.Tensor,
-        selected: torch.Tensor,
+        result: Redistribution,
         visual: torch.Tensor,
         sinks: torch.Tensor,
         modifiable: torch.Tensor,
@@ -357,16 +362,7 @@ class VARHandle:
         count_sinks = bool(modifiable.any()) and layer not in state.stats_counted
         if count_sinks:
             state.stats_counted.add(layer)
-        self._stats.add(
-            layer,
-            probs=probs,
-            new_probs=new_probs,
-            selected=selected,
-            visual=visual,
-            sinks=sinks,
-            rows=modifiable,
-            count_sinks=count_sinks,
-        )
+        self._stats.add(layer, result=result, visual=visual, sinks=sinks, rows=modifiable, count_sinks=count_sinks)
 
 
 def _attention_probs(

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from var_core.ops import Redistribution
+
 __all__ = ["VARStats"]
 
 
@@ -49,34 +51,28 @@ class VARStats:
         self,
         layer: int,
         *,
-        probs: torch.Tensor,
-        new_probs: torch.Tensor,
-        selected: torch.Tensor,
+        result: Redistribution,
         visual: torch.Tensor,
         sinks: torch.Tensor,
         rows: torch.Tensor,
         count_sinks: bool,
     ) -> None:
-        """Accumulate one attention call: probs ``[B,H,Q,K]``, selected ``[B,H,Q]``, masks ``[B,K]``/``[B,Q]``."""
-        batch = probs.shape[0]
+        """Accumulate one attention call of ``layer``: masks ``[B, K]``, modifiable rows ``[B, Q]``."""
+        batch = rows.shape[0]
         # one slot per row when each row has its own configuration, else a single slot
         slot = torch.arange(batch) if self.rows.shape[0] == batch else torch.zeros(batch, dtype=torch.long)
-        zero = probs.new_zeros(())
-        row_mask = rows[:, None, :].expand_as(selected)
-        vis_mass = torch.where(visual[:, None, None, :], probs, zero).sum(-1)
-        receiver_mass = torch.where((visual & ~sinks)[:, None, None, :], probs, zero).sum(-1)
-        has_mass = row_mask & (vis_mass > 0)
-        ratio = torch.where(has_mass, receiver_mass / vis_mass.clamp_min(1e-30), zero)
-        moved = torch.where(sinks[:, None, None, :], probs - new_probs.float(), zero).sum(-1)
+        row_mask = rows[:, None, :].expand_as(result.selected)
+        has_mass = row_mask & (result.visual_mass > 0)
+        ratio = torch.where(has_mass, result.receiver_mass / result.visual_mass.clamp_min(1e-30), 0.0)
 
         def accumulate(target: torch.Tensor, values: torch.Tensor) -> None:
             target[:, layer].index_add_(0, slot, values.double().cpu())
 
         accumulate(self.rows, row_mask.float().sum(-1))
-        accumulate(self.selected, (selected & row_mask).float().sum(-1))
+        accumulate(self.selected, (result.selected & row_mask).float().sum(-1))
         accumulate(self.ratio_sum, ratio.sum(-1))
         accumulate(self.ratio_rows, has_mass.float().sum(-1))
-        accumulate(self.moved, moved.sum(-1))
+        accumulate(self.moved, result.moved_mass.sum(-1))
         if count_sinks:
             accumulate(self.visual_sinks, (sinks & visual).float().sum(-1))
             accumulate(self.text_sinks, (sinks & ~visual).float().sum(-1))

@@ -144,7 +144,11 @@ _CORPUS = [
     "When the provided information is insufficient, respond with 'Unanswerable'. Options: Question: Hint:",
     "Please describe this image in detail. The answer is",
     " A B C D E F (a) (b) (c) (d) A. B. C. D. Yes No yes no Open Closed left right up down",
-    " red blue green yellow black white square circle triangle large small top bottom one two three four",
+    " red blue green yellow black white orange purple gray beige Red Blue Green Yellow Black White Orange Purple",
+    " square circle triangle large small top bottom one two three four picture photo color colour shape",
+    " Is the large circle in the picture red or blue? What color is the large circle? Are there any dogs?",
+    " person man woman people car bus truck bicycle cat dog horse bird table chair cup bottle plate sign",
+    " in on at of to with from for by the a an is are was were be this that there these those it its",
 ] + [" A", " B", " C", " D", " Yes", " No", " yes", " no", "\n"] * 20
 
 
@@ -155,7 +159,7 @@ def _train_tokenizer(specials: list[str]) -> Any:
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=1000, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=1500, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     raw.train_from_iterator(_CORPUS * 4, trainer)
     return raw

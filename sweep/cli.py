@@ -1,0 +1,178 @@
+"""The command line: ``python sweep/main.py --task T ...`` runs a sweep; ``... best`` lists the stored settings.
+
+Kept thin and light: ``--help`` imports no torch, transformers, Ray or MLflow. Errors varsweep expects (bad input,
+unreachable services) print one line on stderr and exit non-zero; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "build_parser"]
+
+EPILOG = """\
+environment:
+  VARSWEEP_DATABASE_URL  best-settings store and Optuna study (default sqlite:///varsweep.db in this folder;
+                         postgresql+psycopg://user:password@host/db in production)
+  VARSWEEP_OPTUNA_URL    put the Optuna study in another database (default: VARSWEEP_DATABASE_URL)
+  MLFLOW_TRACKING_URI    MLflow tracking (default sqlite:///mlruns.db in this folder; a server URL in production)
+  RAY_ADDRESS            Ray cluster to join (default: start a local Ray; set by `ray job submit`)
+
+examples:
+  python sweep/main.py --task mmvp --data-dir examples/mmvp-sample --trials 12
+  ray job submit --working-dir . -- python sweep/main.py --task pope --data-dir /data/pope --model llava-hf/llava-1.5-7b-hf
+  python sweep/main.py best --task mmvp
+"""
+
+
+class CLIUsageError(Exception):
+    """A command-line value is wrong (exit 2)."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python sweep/main.py",
+        description=(
+            "Tune VAR (Visual Attention Redistribution: tau, rho, p) for one model and one benchmark task. "
+            "Runs an Optuna (TPE) search through Ray Tune on a pool of model workers, logs every trial to MLflow, "
+            "confirms the best settings on a held-out split and keeps them in the settings database. Re-running "
+            "the same command resumes the study; raising --trials extends it."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run = parser.add_argument_group("the sweep")
+    run.add_argument("--task", help="benchmark: mmvp, pope, cv_bench, chair, mme, vqav2, gqa, vizwiz, mmhal")
+    run.add_argument("--model", default="tiny-llava",
+                     help="hub id, local folder, or offline preset tiny-llava / tiny-qwen2-vl (default: tiny-llava)")  # fmt: skip
+    run.add_argument("--trials", type=_positive_int, default=20,
+                     help="total trials of the study, counting the baseline and the paper's defaults (default 20)")  # fmt: skip
+    run.add_argument("--workers", type=_positive_int, default=None,
+                     help="model workers (default: one per GPU, else 1)")  # fmt: skip
+    run.add_argument("--data-dir", help="folder that directly holds the benchmark's files")
+    run.add_argument("--split", help="benchmark split or file (e.g. POPE: random, popular, adversarial)")
+    run.add_argument("--limit", type=_positive_int, default=None,
+                     help="keep the first K groups (MMVP pairs, POPE images) before splitting")  # fmt: skip
+    run.add_argument("--study", help="Optuna study name (default <model>:<task>:<convention>)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the split and the sampler (default 0)")
+    run.add_argument("--holdout", type=float, default=0.3, help="fraction of groups held out (default 0.3)")
+    run.add_argument("--metric", help="metric to optimise (default: the task's headline metric)")
+    run.add_argument("--convention", choices=["paper", "official"], default="paper",
+                     help="VAR convention of the searched parameters (default paper; see VAR.md)")  # fmt: skip
+    run.add_argument("--search-summ", action="store_true", help="also search summ (default: fixed at 0.2)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def build_best_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python sweep/main.py best", description="List the best VAR settings kept in the settings database."
+    )
+    parser.add_argument("--model")
+    parser.add_argument("--task")
+    parser.add_argument("--convention", choices=["paper", "official"])
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("ray", "ray.tune", "alembic", "mlflow", "transformers", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def cmd_best(argv: Sequence[str]) -> int:
+    from sweep.settings import Settings
+    from sweep.store import Store
+
+    args = build_best_parser().parse_args(argv)
+    store = Store(Settings().database_url, retry_seconds=5)
+    rows = store.best(model=args.model, task=args.task, convention=args.convention)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+        return 0
+    if not rows:
+        print("no best settings stored yet")
+        return 0
+    header = ["model", "task", "convention", "tau", "rho", "p", "summ", "metric", "held-out", "baseline", "tuning",
+              "groups (tune/held)", "updated"]  # fmt: skip
+    table = [
+        [r.model, r.task, r.convention, f"{r.tau:.2f}", f"{r.rho:.3f}", f"{r.p:.3f}", f"{r.summ:.2f}", r.metric,
+         f"{r.heldout_value:.4f}", f"{r.baseline_heldout:.4f}", f"{r.tuning_value:.4f}", f"{r.n_tuning}/{r.n_heldout}",
+         r.updated_at.strftime("%Y-%m-%d %H:%M") if r.updated_at else ""]
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *table, strict=True)]
+    for line in [header, [ "-" * w for w in widths], *table]:
+        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from sweep.service import SweepRequest, run_sweep
+    from sweep.settings import Settings
+
+    if not args.task:
+        raise CLIUsageError("--task is required (e.g. --task mmvp)")
+    settings = Settings()
+    request = SweepRequest(
+        task=args.task, model=args.model, trials=args.trials, workers=args.workers, data_dir=args.data_dir,
+        split=args.split, limit=args.limit, study=args.study, seed=args.seed, holdout=args.holdout,
+        metric=args.metric, convention=args.convention, search_summ=args.search_summ,
+    )  # fmt: skip
+    outcome = run_sweep(request, settings)
+    p = outcome.best_params
+    print()
+    print(f"study {outcome.study}: {outcome.trials_total} trials ({outcome.trials_run} run now)")
+    print(f"best ({outcome.best_role}): tau {p['tau']:.2f}  rho {p['rho']:.3f}  p {p['p']:.3f}  summ {p['summ']:.2f}"
+          f"  [{args.convention} convention]")  # fmt: skip
+    print(f"{outcome.metric}: tuning {outcome.tuning_value:.4f}; held-out {outcome.heldout_value:.4f} "
+          f"vs VAR off {outcome.baseline_heldout:.4f}")  # fmt: skip
+    print("best settings " + ("stored" if outcome.stored else "not stored (the stored ones are at least as good)")
+          + ": python sweep/main.py best")  # fmt: skip
+    uri = settings.mlflow_tracking_uri
+    if uri.startswith(("http://", "https://")):
+        print(f"MLflow UI: {uri} (run {outcome.mlflow_run_id})")
+    else:
+        print(f"MLflow UI: mlflow ui --backend-store-uri {uri}  then open http://127.0.0.1:5000 (run {outcome.mlflow_run_id})")
+    if outcome.unlogged_runs:
+        print(f"warning: {outcome.unlogged_runs} trial run(s) not logged to MLflow (kept in .varsweep/)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        if argv[:1] == ["best"]:
+            return cmd_best(argv[1:])
+        args = build_parser().parse_args(argv)
+        _setup_logging()
+        return cmd_run(args)
+    except KeyboardInterrupt:
+        print("interrupted: the study is consistent; run the same command again to resume", file=sys.stderr)
+        return 130
+    except CLIUsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from var_core.errors import VarsweepError
+
+        if debug or not isinstance(e, VarsweepError | OSError):
+            raise
+        from sweep.settings import redact_url
+
+        print(f"error: {redact_url(str(e)).strip().splitlines()[0]}", file=sys.stderr)
+        return 1

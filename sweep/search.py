@@ -1,0 +1,77 @@
+"""The search space over (tau, rho, p[, summ]) per task group, and the trials a sweep starts with.
+
+Ranges are written in the paper convention and converted for the official one (official rho = 1 - paper rho;
+official p = 1 - paper p, VAR.md sections 4 and 6). ``p`` = 0 moves no attention: VAR is off. The baseline trial
+is that point, evaluated as VAR off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from var_core import VARConfig, paper_defaults
+from var_core.config import Convention
+
+__all__ = ["SearchSpace", "space_for", "BASELINE", "PAPER_DEFAULTS", "config_from_params"]
+
+BASELINE = "baseline"
+PAPER_DEFAULTS = "paper-defaults"
+
+# paper-convention rho ranges around each group's published default (general 0.8, hallucination 0.5, vision 0.9)
+_RHO_RANGE = {"general": (0.5, 1.0), "hallucination": (0.2, 0.9), "vision-centric": (0.6, 1.0)}
+_TAU_RANGE = (5.0, 40.0)  # real sinks reach phi ~ 50, other tokens ~ 5 (VAR.md sec. 7)
+_SUMM_RANGE = (0.0, 0.5)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Bounds of each searched parameter, in the sweep's convention."""
+
+    group: str
+    convention: Convention
+    tau: tuple[float, float]
+    rho: tuple[float, float]
+    p: tuple[float, float]
+    summ: tuple[float, float] | None  # None: summ stays at 0.2
+
+    def suggest(self, trial: Any) -> dict[str, float]:
+        """Sample a point with an Optuna trial (define-by-run)."""
+        params = {
+            "tau": trial.suggest_float("tau", *self.tau),
+            "rho": trial.suggest_float("rho", *self.rho),
+            "p": trial.suggest_float("p", *self.p),
+        }
+        if self.summ is not None:
+            params["summ"] = trial.suggest_float("summ", *self.summ)
+        return params
+
+    def baseline(self) -> dict[str, float]:
+        """VAR off: the paper's defaults with p moving nothing (paper p = 0; official p = 1, sinks keep all)."""
+        return self.paper_defaults() | {"p": 0.0 if self.convention == "paper" else 1.0}
+
+    def paper_defaults(self) -> dict[str, float]:
+        config = paper_defaults(self.group, self.convention)
+        point = {"tau": config.tau, "rho": config.rho, "p": float(config.p)}  # type: ignore[arg-type]
+        return point | ({"summ": config.summ} if self.summ is not None else {})
+
+
+def space_for(group: str, convention: Convention, *, search_summ: bool = False) -> SearchSpace:
+    lo, hi = _RHO_RANGE[group]
+    rho = (lo, hi) if convention == "paper" else (round(1 - hi, 10), round(1 - lo, 10))
+    return SearchSpace(
+        group=group,
+        convention=convention,
+        tau=_TAU_RANGE,
+        rho=rho,
+        p=(0.0, 1.0),
+        summ=_SUMM_RANGE if search_summ else None,
+    )
+
+
+def config_from_params(params: dict[str, float], convention: Convention) -> VARConfig | None:
+    """The VARConfig of a trial's parameters; None when it moves no attention (VAR off)."""
+    config = VARConfig(
+        tau=params["tau"], rho=params["rho"], p=params["p"], summ=params.get("summ", 0.2), convention=convention
+    )
+    return None if config.kept_fraction == 1.0 else config

@@ -1,0 +1,255 @@
+"""One sweep, end to end: task and splits, workers, the search, held-out confirmation, tracking and the store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sweep.settings import Settings, redact_url
+from var_core.config import Convention, VARConfig
+from var_core.errors import ConfigError, VarsweepError
+
+__all__ = ["SweepRequest", "SweepOutcome", "run_sweep", "split_groups", "data_fingerprint"]
+
+log = logging.getLogger("varsweep")
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    task: str
+    model: str = "tiny-llava"
+    trials: int = 20
+    workers: int | None = None
+    data_dir: str | None = None
+    split: str | None = None
+    limit: int | None = None
+    study: str | None = None
+    seed: int = 0
+    holdout: float = 0.3
+    metric: str | None = None
+    convention: Convention = "paper"
+    search_summ: bool = False
+
+    @property
+    def study_name(self) -> str:
+        return self.study or f"{self.model}:{self.task}:{self.convention}"
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    sweep_id: str
+    study: str
+    metric: str
+    direction: str
+    trials_run: int
+    trials_total: int
+    best_params: dict[str, float]
+    best_role: str
+    tuning_value: float
+    heldout_value: float
+    baseline_heldout: float
+    stored: bool
+    mlflow_run_id: str | None
+    unlogged_runs: int
+
+
+def split_groups(groups: Sequence[str], *, holdout: float, seed: int) -> tuple[list[str], list[str]]:
+    """(tuning, held-out) group keys: a seeded shuffle, the first ``round(holdout * n)`` held out (at least one)."""
+    if not 0.0 < holdout < 1.0:
+        raise ConfigError(f"--holdout {holdout} is out of range: it must be a fraction in (0, 1)")
+    if len(groups) < 2:
+        raise ConfigError(f"{len(groups)} group(s): a tuning and a held-out split need at least 2")
+    order = list(groups)
+    random.Random(seed).shuffle(order)
+    n_heldout = min(len(order) - 1, max(1, round(holdout * len(order))))
+    heldout = set(order[:n_heldout])
+    return [g for g in groups if g not in heldout], [g for g in groups if g in heldout]
+
+
+def data_fingerprint(task: Any) -> str:
+    """sha256 (16 hex) of what the examples say: ids, questions, options, answers, image references."""
+    digest = hashlib.sha256()
+    for e in task.examples:
+        record = [e.id, e.group, e.question, e.options, e.answer, list(e.references), e.image.describe()]
+        digest.update(json.dumps(record, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def _default_workers() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("GPU", 0))) or 1
+
+
+def _connect_ray(settings: Settings) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = settings.ray_address
+    log.info("connecting to Ray (%s)", redact_url(address or "a new local instance"))
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, include_dashboard=False)
+
+
+def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path(".")) -> SweepOutcome:
+    """Run (or resume) the sweep described by ``request``."""
+    from sweep.search import config_from_params, space_for
+    from sweep.store import BestRecord, Store
+    from sweep.tracking import Tracker
+    from sweep.tuning import TrialOutcome, completed_trials, open_study, prepare_study, run_search
+    from workers.actor import TaskRef, WorkerPool
+    from workers.tasks import get_task
+
+    # 1. the task, its splits, its images: everything that can be wrong with the input fails here, first
+    task_ref = TaskRef(name=request.task, data_dir=request.data_dir, split=request.split, limit=request.limit)
+    task = get_task(request.task, data_dir=request.data_dir, split=request.split, limit=request.limit)
+    metric = request.metric or task.metric
+    direction = task.direction
+    tuning_groups, heldout_groups = split_groups(task.groups, holdout=request.holdout, seed=request.seed)
+    tuning_task, heldout_task = task.select(tuning_groups), task.select(heldout_groups)
+    log.info(
+        "task %s: %d examples in %d groups; tuning %d groups, held-out %d groups (seed %d)",
+        task.name, len(task.examples), len(task.groups), len(tuning_groups), len(heldout_groups), request.seed,
+    )  # fmt: skip
+    log.info("checking that every image opens")
+    task.check_images()
+    fingerprint = data_fingerprint(task)
+    space = space_for(task.group, request.convention, search_summ=request.search_summ)
+
+    # 2. the stores: settings database, study, MLflow
+    store = Store(settings.database_url)
+    study = open_study(name=request.study_name, url=settings.study_url, direction=direction, seed=request.seed)
+    already = prepare_study(study, space)
+    workdir = workdir.resolve()
+    tracker = Tracker(
+        settings.mlflow_tracking_uri,
+        experiment=request.study_name,
+        spool=workdir / ".varsweep" / f"mlflow-spool-{request.study_name.replace('/', '_').replace(':', '_')}.jsonl",
+        timeout=settings.mlflow_timeout,
+    )
+    sweep_id = store.start_sweep(
+        key=request.study_name, model=request.model, task=request.task, convention=request.convention
+    )
+    commit = git_commit()
+    tracker.start_parent(
+        name=f"sweep-{sweep_id[:8]}",
+        params={
+            "model": request.model, "task": request.task, "convention": request.convention, "metric": metric,
+            "trials": request.trials, "holdout": request.holdout, "seed": request.seed, "limit": request.limit,
+            "n_tuning_groups": len(tuning_groups), "n_heldout_groups": len(heldout_groups),
+            "n_tuning_examples": len(tuning_task.examples), "n_heldout_examples": len(heldout_task.examples),
+        },  # fmt: skip
+        tags={
+            "varsweep.sweep_id": sweep_id, "varsweep.study": request.study_name, "git_commit": commit or "unknown",
+            "data_fingerprint": fingerprint, **{f"settings.{k}": v for k, v in settings.describe().items()},
+        },  # fmt: skip
+    )
+    status, message = "failed", None
+    try:
+        # 3. workers: the model loads once per worker; prefixes are prepared before the first trial
+        _connect_ray(settings)
+        n_workers = request.workers or _default_workers()
+        pool = WorkerPool(
+            model=request.model,
+            task=task_ref,
+            splits={"tuning": tuning_task.examples, "heldout": heldout_task.examples},
+            workers=n_workers,
+        )
+        try:
+            for info in pool.ready():
+                log.info("worker %s ready on %s: %s examples, model loaded in %ss",
+                         info["pid"], info["device"], info["examples"], info["load_seconds"])  # fmt: skip
+            started = time.perf_counter()
+            pool.prepare(lambda done, total: log.info("prefixes: %d/%d workers ready", done, total))
+            log.info("prefixes prepared in %.1f s", time.perf_counter() - started)
+
+            # 4. the search
+            best_so_far: list[float] = []
+
+            def on_trial(outcome: TrialOutcome) -> None:
+                value = outcome.objective
+                better = (max if direction == "maximize" else min)([*best_so_far, value])
+                best_so_far.append(value)
+                log.info(
+                    "trial %d (%s): %s = %.4f (best %.4f)  tau %.2f rho %.3f p %.3f  selected %.3f moved %.4f",
+                    outcome.number, outcome.role, metric, value, better, outcome.params.get("tau", float("nan")),
+                    outcome.params.get("rho", float("nan")), outcome.params.get("p", float("nan")),
+                    outcome.var_stats.get("selected_share", 0.0), outcome.var_stats.get("mass_moved_per_row", 0.0),
+                )  # fmt: skip
+                tracker.log_trial(
+                    number=outcome.number,
+                    role=outcome.role,
+                    params=outcome.params,
+                    metrics={**outcome.metrics, **{f"var.{k}": v for k, v in outcome.var_stats.items()}},
+                )
+
+            log.info("study %s: %d of %d trials complete", request.study_name, already, request.trials)
+            ran = run_search(
+                study=study, space=space, trials=request.trials, actors=pool.actors, task=tuning_task,
+                metric=metric, direction=direction, concurrency=n_workers,
+                storage_path=workdir / ".varsweep" / "tune", on_trial=on_trial,
+            )  # fmt: skip
+            done = completed_trials(study)
+            if not done:
+                raise VarsweepError("no trial completed; see the errors above")
+            best = study.best_trial
+
+            # 5. honest evaluation: the best configuration and VAR off on the held-out split
+            best_config = config_from_params(best.params, request.convention)
+            heldout_results = pool.evaluate([None, best_config], "heldout")
+            baseline_heldout = heldout_task.score(heldout_results[0].answers)[metric]
+            heldout_value = heldout_task.score(heldout_results[1].answers)[metric]
+        finally:
+            pool.shutdown()
+
+        tracker.tag_trial(best.number, "varsweep.best", "true")
+        tracker.log_parent(
+            metrics={"best_tuning": best.value, "best_heldout": heldout_value, "baseline_heldout": baseline_heldout},
+            tags={"varsweep.best_trial": str(best.number)},
+        )
+        full = {"summ": 0.2, **best.params}
+        stored = store.upsert_best(
+            BestRecord(
+                model=request.model, task=request.task, convention=request.convention,
+                tau=full["tau"], rho=full["rho"], p=full["p"], summ=full["summ"], first_layer=VARConfig().first_layer,
+                metric=metric, direction=direction, tuning_value=float(best.value), heldout_value=float(heldout_value),
+                baseline_heldout=float(baseline_heldout), n_tuning=len(tuning_groups), n_heldout=len(heldout_groups),
+                sweep_id=sweep_id, study=request.study_name, mlflow_run_id=tracker.parent_id, git_commit=commit,
+                data_fingerprint=fingerprint,
+            )  # fmt: skip
+        )
+        status = "completed"
+        return SweepOutcome(
+            sweep_id=sweep_id, study=request.study_name, metric=metric, direction=direction, trials_run=ran,
+            trials_total=len(done), best_params=full, best_role=str(best.user_attrs.get("role", "search")),
+            tuning_value=float(best.value), heldout_value=float(heldout_value),
+            baseline_heldout=float(baseline_heldout), stored=stored, mlflow_run_id=tracker.parent_id,
+            unlogged_runs=tracker.unlogged(),
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        status, message = "interrupted", "SIGINT"
+        raise
+    except BaseException as e:
+        message = redact_url(str(e))[:2000]
+        raise
+    finally:
+        unlogged = tracker.finish("FINISHED" if status == "completed" else "KILLED" if status == "interrupted" else "FAILED")
+        if unlogged:
+            log.warning("%d trial run(s) could not be logged to MLflow; they are kept in %s", unlogged, tracker.spool)
+        store.finish_sweep(sweep_id, status=status, trials=len(completed_trials(study)), message=message)

@@ -1,0 +1,207 @@
+"""MLflow tracking of a sweep: a parent run per sweep, a child run per trial, logged from the driver.
+
+Every call goes through ``MlflowClient`` with explicit run ids (no global active run), with bounded HTTP retries.
+When the tracking server is unreachable the sweep goes on: the record is spooled to a local JSON-lines file, a
+warning says so once, and the spool is replayed at the next successful call or at the end; what still cannot be
+logged is reported as not logged, with the spool's path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sweep.settings import redact_url
+from var_core.errors import VarsweepError
+
+__all__ = ["Tracker", "TrackingError"]
+
+log = logging.getLogger(__name__)
+# MLflow raises many types when its server is away (MlflowException, requests' and urllib3's errors, OSError):
+# every failure after start-up is caught as Exception on purpose, spooled and reported, never swallowed.
+
+
+class TrackingError(VarsweepError, RuntimeError):
+    """MLflow cannot be used at all (at start: a bad URI or an unwritable location)."""
+
+
+def _bound_http_retries(timeout: float) -> None:
+    # Defaults retry for minutes against a dead server (ECOSYSTEM.md); keep the user's choice if set.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(1, timeout))))
+
+
+class Tracker:
+    """Parent and child runs in one experiment (named after the study)."""
+
+    def __init__(self, uri: str, *, experiment: str, spool: Path, timeout: float = 5.0) -> None:
+        _bound_http_retries(timeout)
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.spool = spool
+        self._warned = False
+        self.client = MlflowClient(tracking_uri=uri)
+        try:
+            existing = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = (
+                existing.experiment_id if existing is not None else self.client.create_experiment(experiment)
+            )
+        except Exception as e:  # any failure here means tracking cannot start: report it in one line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TrackingError(f"cannot use MLflow at {redact_url(uri)}: {redact_url(first)}") from e
+        self.parent_id: str | None = None
+
+    # ---------------------------------------------------------------- runs
+    def start_parent(self, *, name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={"varsweep.kind": "sweep", **tags})
+        self.parent_id = run.info.run_id
+        self._log(self.parent_id, params=params)
+        return self.parent_id
+
+    def log_trial(
+        self,
+        *,
+        number: int,
+        role: str,
+        params: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        tags: Mapping[str, str] | None = None,
+    ) -> str | None:
+        """A child run for Optuna trial ``number`` (continued if one exists); None when spooled."""
+        record = {"number": number, "role": role, "params": dict(params), "metrics": dict(metrics), "tags": dict(tags or {})}
+        if not self.flush():
+            self._spool(record)
+            return None
+        try:
+            return self._write_trial(record)
+        except Exception as e:
+            self._spool(record, e)
+            return None
+
+    def log_parent(self, *, metrics: Mapping[str, float] | None = None, tags: Mapping[str, str] | None = None) -> None:
+        if self.parent_id is None:
+            return
+        try:
+            self._log(self.parent_id, metrics=metrics or {}, tags=tags or {})
+        except Exception as e:
+            self._warn(e)
+
+    def log_figure(self, figure: Any, path: str, run_id: str | None = None) -> None:
+        run_id = run_id or self.parent_id
+        if run_id is None:
+            return
+        try:
+            self.client.log_figure(run_id, figure, path)
+        except Exception as e:
+            self._warn(e)
+
+    def tag_trial(self, number: int, key: str, value: str) -> None:
+        run_id = self._find_trial(number)
+        if run_id is not None:
+            try:
+                self.client.set_tag(run_id, key, value)
+            except Exception as e:
+                self._warn(e)
+
+    def finish(self, status: str = "FINISHED") -> int:
+        """End the parent run; returns how many trial runs are still not logged (kept in the spool)."""
+        self.flush()
+        if self.parent_id is not None:
+            try:
+                self.client.set_terminated(self.parent_id, status=status)
+            except Exception as e:
+                self._warn(e)
+        return self.unlogged()
+
+    # ---------------------------------------------------------------- spool
+    def unlogged(self) -> int:
+        if not self.spool.exists():
+            return 0
+        return sum(1 for line in self.spool.read_text().splitlines() if line.strip())
+
+    def flush(self) -> bool:
+        """Replay spooled trial records; True when none is left."""
+        if not self.spool.exists():
+            return True
+        records = [json.loads(line) for line in self.spool.read_text().splitlines() if line.strip()]
+        for i, record in enumerate(records):
+            try:
+                self._write_trial(record)
+            except Exception:
+                self.spool.write_text("".join(json.dumps(r) + "\n" for r in records[i:]))
+                return False
+        self.spool.unlink()
+        log.warning("MLflow is reachable again: %d spooled trial run(s) logged", len(records))
+        return True
+
+    def _spool(self, record: dict[str, Any], error: Exception | None = None) -> None:
+        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        with self.spool.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        self._warn(error)
+
+    def _warn(self, error: Exception | None) -> None:
+        if not self._warned:
+            reason = redact_url(str(error).strip().splitlines()[0]) if error and str(error).strip() else "unreachable"
+            log.warning(
+                "MLflow at %s is unreachable (%s): the sweep goes on, trial results stay in the study, "
+                "runs are spooled to %s and logged when it is back",
+                redact_url(self.uri),
+                reason,
+                self.spool,
+            )
+            self._warned = True
+
+    # ---------------------------------------------------------------- plumbing
+    def _write_trial(self, record: Mapping[str, Any]) -> str:
+        run_id = self._find_trial(record["number"])
+        if run_id is None:
+            tags = {
+                "mlflow.parentRunId": self.parent_id or "",
+                "varsweep.kind": "trial",
+                "varsweep.trial": str(record["number"]),
+                "varsweep.role": record["role"],
+                **record["tags"],
+            }
+            run_id = self.client.create_run(
+                self.experiment_id, run_name=f"trial-{record['number']:03d}-{record['role']}", tags=tags
+            ).info.run_id
+        self._log(run_id, params=record["params"], metrics=record["metrics"])
+        self.client.set_terminated(run_id)
+        return run_id
+
+    def _find_trial(self, number: int) -> str | None:
+        if self.parent_id is None:
+            return None
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.varsweep.trial = '{number}' and tags.mlflow.parentRunId = '{self.parent_id}'",
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+
+    def _log(
+        self,
+        run_id: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        import time
+
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+            params=[Param(k, redact_url(str(v))) for k, v in (params or {}).items()],
+            tags=[RunTag(k, redact_url(str(v))) for k, v in (tags or {}).items()],
+        )
