@@ -19,6 +19,7 @@ from typing import Any
 from ray.tune import Callback
 
 from sweep.search import BASELINE, PAPER_DEFAULTS, SearchSpace, config_from_params
+from var_core import VARStats
 from var_core.errors import VarsweepError
 
 __all__ = ["TrialOutcome", "open_study", "prepare_study", "run_search", "completed_trials", "StudyError"]
@@ -122,7 +123,8 @@ def _trial_fn(config: dict[str, Any], *, actors: list[Any], task: Any, metric: s
     var_config = config_from_params(config, convention)  # type: ignore[arg-type]
     result = merge_results(ray.get([a.evaluate.remote([var_config], "tuning") for a in actors]))[0]
     scores = task.score(result.answers)
-    stats = result.stats.summary() if result.stats is not None else {}
+    # VAR off selects and moves nothing: its statistics are zeros, so runs compare column by column
+    stats = (result.stats or VARStats.empty(1, 1, 1)).summary()
     value = scores[metric]
     if not math.isfinite(value):
         raise VarsweepError(f"metric {metric} is {value} for {config}")

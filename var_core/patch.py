@@ -376,7 +376,7 @@ def _attention_probs(
     """Softmax probabilities ``[B, H, q, K]`` (float32) for query rows ``first:`` of a call."""
     keys = repeat_kv(key, module.num_key_value_groups)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    logits = torch.matmul(query, keys.transpose(2, 3)).float() * scale
+    logits = torch.matmul(query * scale, keys.transpose(2, 3)).float()  # scaling q is cheaper than the logits
     n_rows, n_keys = query.shape[2], key.shape[2]
     if attention_mask is None:
         # transformers passes no mask for pure causal prefill (q == kv) and single-token decoding; the rows of

@@ -253,11 +253,11 @@ class Store:
             index_elements=["model", "task", "convention"],
             set_={k: new[k] for k in values if k not in ("model", "task", "convention")},
             where=(BestSettings.metric == new.metric) & better,
-        )
+        ).returning(BestSettings.model)  # a row comes back only when it was inserted or replaced
 
         def op() -> bool:
             with self._session() as s:
-                return s.execute(statement).rowcount > 0
+                return s.execute(statement).first() is not None
 
         return self._retry(op, "store the best settings")
 

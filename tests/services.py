@@ -1,0 +1,153 @@
+"""Real servers for tests: a database of our own on the machine's PostgreSQL, a Ray head, an MLflow server.
+
+Each helper starts only what it owns (free loopback ports, its own temp dir) and stops only that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PG_ADMIN = os.environ.get("VARSWEEP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, *, timeout: float, what: str, interval: float = 0.3) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def postgres_database(admin_url: str = PG_ADMIN) -> Iterator[str]:
+    """A fresh database on the shared server, dropped afterwards; yields its SQLAlchemy URL."""
+    import psycopg
+
+    name = f"varsweep_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _kill_tree_by_marker(marker: str) -> None:
+    """SIGKILL every process whose command line mentions ``marker`` (our own temp dir)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline:
+            with contextlib.suppress(OSError):
+                os.kill(int(pid), signal.SIGKILL)
+
+
+class RayHead:
+    """``ray start --head`` on loopback with free ports and a temp dir of its own."""
+
+    def __init__(self, temp_dir: Path, *, num_cpus: int = 2) -> None:
+        self.temp_dir = temp_dir
+        self.gcs_port = free_port()
+        self.dashboard_port = free_port()
+        self.address = f"127.0.0.1:{self.gcs_port}"
+        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+        self.env = {
+            **os.environ,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "RAY_AUTH_MODE": "disabled",  # a throwaway local head, on loopback only
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+        command = [
+            str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.gcs_port}",
+            f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
+            f"--ray-client-server-port={free_port()}", f"--node-manager-port={free_port()}",
+            f"--object-manager-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}", f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus}",
+            "--num-gpus=0", "--disable-usage-stats",
+        ]  # fmt: skip
+        subprocess.run(command, env=self.env, check=True, capture_output=True, timeout=120)
+        wait_until(self._dashboard_up, timeout=60, what="Ray dashboard")
+
+    def _dashboard_up(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def submit(self, entrypoint: list[str], *, env_vars: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+        """``ray job submit`` (waits for the job) from the repo as working dir."""
+        import json
+
+        command = [
+            str(BIN / "ray"), "job", "submit", "--address", self.dashboard, "--working-dir", str(REPO),
+            "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--", *entrypoint,
+        ]  # fmt: skip
+        return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+    def stop(self) -> None:
+        _kill_tree_by_marker(str(self.temp_dir))
+
+
+class MlflowServer:
+    """``mlflow server`` with a SQLite backend and local artifacts, on a free loopback port."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        root.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+                "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
+                "--workers", "1",
+            ],  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_until(self._healthy, timeout=90, what="MLflow server")
+
+    def _healthy(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {self.process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)

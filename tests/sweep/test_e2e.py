@@ -1,0 +1,121 @@
+"""The sweep service end to end: on the embedded defaults, and on a real Ray head + MLflow server + PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from services import REPO, MlflowServer, RayHead, postgres_database
+
+from sweep.store import Store
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+SAMPLE = REPO / "examples" / "mmvp-sample"
+STUDY = "tiny-llava:mmvp:paper"
+CLEAN_ENV = {
+    k: v for k, v in os.environ.items() if not k.startswith(("VARSWEEP_", "MLFLOW_", "RAY_ADDRESS"))
+}
+
+
+def sweep_command(trials: int) -> list[str]:
+    return ["python", "sweep/main.py", "--task", "mmvp", "--data-dir", "examples/mmvp-sample", "--trials", str(trials)]
+
+
+def check_study(url: str, trials: int) -> list[dict[str, float]]:
+    study = optuna.load_study(study_name=STUDY, storage=url)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == trials, [t.state for t in study.trials]
+    params = [tuple(sorted(t.params.items())) for t in complete]
+    assert len(set(params)) == len(params), "a configuration was evaluated twice"
+    roles = [t.user_attrs.get("role") for t in complete[:2]]
+    assert roles == ["baseline", "paper-defaults"]
+    return [dict(p) for p in params]
+
+
+def check_mlflow(uri: str, *, parents: int, children: int) -> None:
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(STUDY)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    sweeps = [r for r in runs if r.data.tags.get("varsweep.kind") == "sweep"]
+    trials = [r for r in runs if r.data.tags.get("varsweep.kind") == "trial"]
+    assert len(sweeps) == parents and len(trials) == children
+    for run in trials:
+        assert run.data.tags["mlflow.parentRunId"] in {s.info.run_id for s in sweeps}
+        assert "pair_accuracy" in run.data.metrics and "var.selected_share" in run.data.metrics
+        assert set(run.data.params) >= {"tau", "rho", "p"}
+    assert any(r.data.tags.get("varsweep.role") == "baseline" for r in trials)
+    assert any(r.data.tags.get("varsweep.best") == "true" for r in trials)
+    finished = [s for s in sweeps if s.info.status == "FINISHED"]
+    assert finished and all("best_heldout" in s.data.metrics for s in finished)
+    assert all(s.data.tags.get("data_fingerprint") and s.data.params.get("n_heldout_groups") for s in finished)
+
+
+def test_embedded_defaults_no_servers(tmp_path):
+    """sweep/main.py with nothing configured: SQLite store and study, SQLite MLflow, a local Ray."""
+    env = CLEAN_ENV | {"PYTHONUNBUFFERED": "1"}
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / "examples").symlink_to(REPO / "examples")
+
+    def run(trials: int) -> str:
+        out = subprocess.run(
+            [sys.executable, str(REPO / "sweep" / "main.py"), *sweep_command(trials)[2:]],
+            cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout + out.stderr
+
+    first = run(4)
+    assert re.search(r"4 trials \(4 run now\)", first), first[-2000:]
+    assert "MLflow UI: mlflow ui --backend-store-uri sqlite:///mlruns.db" in first
+    db = f"sqlite:///{workdir / 'varsweep.db'}"
+    before = check_study(db, 4)
+    (row,) = Store(db).best()
+    assert (row.model, row.task, row.convention, row.metric) == ("tiny-llava", "mmvp", "paper", "pair_accuracy")
+    assert row.n_tuning + row.n_heldout == 10 and row.data_fingerprint
+
+    again = run(4)  # the same command: the study is complete, nothing is repeated
+    assert re.search(r"4 trials \(0 run now\)", again), again[-2000:]
+    extended = run(5)  # raising --trials extends the study by exactly the missing trial
+    assert re.search(r"5 trials \(1 run now\)", extended), extended[-2000:]
+    after = check_study(db, 5)
+    assert after[:4] == before
+    check_mlflow(f"sqlite:///{workdir / 'mlruns.db'}", parents=3, children=5)
+    assert [s.status for s in Store(db).sweeps(STUDY)] == ["completed"] * 3
+
+
+@pytest.fixture()
+def cluster(tmp_path):
+    head = RayHead(tmp_path / "ray")
+    mlflow = None
+    try:
+        mlflow = MlflowServer(tmp_path / "mlflow")
+        with postgres_database() as database:
+            yield head, mlflow, database
+    finally:
+        if mlflow is not None:
+            mlflow.stop()
+        head.stop()
+
+
+def test_ray_job_submit_with_mlflow_server_and_postgres(cluster):
+    head, mlflow, database = cluster
+    env_vars = {"VARSWEEP_DATABASE_URL": database, "MLFLOW_TRACKING_URI": mlflow.uri, "PYTHONUNBUFFERED": "1"}
+    first = head.submit(sweep_command(4), env_vars=env_vars)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
+    assert "succeeded" in first.stdout and "4 trials (4 run now)" in first.stdout
+    check_study(database, 4)
+    (row,) = Store(database).best()
+    assert row.task == "mmvp" and row.mlflow_run_id
+
+    second = head.submit(sweep_command(4), env_vars=env_vars)
+    assert second.returncode == 0, second.stdout[-3000:]
+    assert "4 trials (0 run now)" in second.stdout
+    check_study(database, 4)
+    check_mlflow(mlflow.uri, parents=2, children=4)
