@@ -24,12 +24,17 @@ def _log(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url-env", default="VARSWEEP_DATABASE_URL",
-                        help="environment variable holding the SQLAlchemy URL (default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=600.0,
-                        help="give up after this many seconds (default: %(default)s)")
-    parser.add_argument("--interval", type=float, default=3.0,
-                        help="seconds between attempts (default: %(default)s)")
+    parser.add_argument(
+        "--url-env",
+        default="VARSWEEP_DATABASE_URL",
+        help="environment variable holding the SQLAlchemy URL (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="give up after this many seconds (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--interval", type=float, default=3.0, help="seconds between attempts (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
 
     raw = os.environ.get(args.url_env, "").strip()
@@ -61,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
                     conn.execute(sa.text("SELECT 1"))
             except Exception as exc:  # noqa: BLE001 - any failure means "not yet"; only its class is shown
                 if time.monotonic() + args.interval > deadline:
-                    _log(f"{where} ({args.url_env}) not reachable after {attempt} attempts: "
-                         f"{type(exc).__name__}")
+                    _log(
+                        f"{where} ({args.url_env}) not reachable after {attempt} attempts: "
+                        f"{type(exc).__name__}"
+                    )
                     return 1
                 if attempt == 1 or attempt % 10 == 0:
                     _log(f"waiting for {where} ({args.url_env}): {type(exc).__name__}")

@@ -1,0 +1,733 @@
+"""Offline checks of the Kubernetes manifests in deploy/k8s: every overlay renders, validates against the
+Kubernetes (kubernetes-validate, strict) and KubeRay (CRD OpenAPI, made strict) schemas, and its objects refer to
+each other correctly; the settings the code reads are what the pods get; no real credential is in the repo."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import fnmatch
+import functools
+import hashlib
+import importlib.util
+import re
+import shlex
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+K8S = DEPLOY / "k8s"
+OVERLAYS = ("dev", "gpu", "external-db")  # keep in step with conftest.py
+ALL = ("base", *OVERLAYS)
+K8S_VERSION = "1.33.0"
+CRD_DIR = K8S / "crds"
+PLACEHOLDERS = {"CHANGE_ME"}
+
+# The settings contract (DESIGN.md, "Contract details"): names the code reads, exactly.
+DATABASE_URL = "VARSWEEP_DATABASE_URL"
+OPTUNA_URL = "VARSWEEP_OPTUNA_URL"
+TRACKING_URI = "MLFLOW_TRACKING_URI"
+VARSWEEP_ENV = {DATABASE_URL, OPTUNA_URL}
+SECRET_ONLY_ENV = {DATABASE_URL, OPTUNA_URL, "MLFLOW_BACKEND_STORE_URI", "POSTGRES_PASSWORD"}
+# sweep/main.py flags (DESIGN.md): the RayJob entrypoint may use these only.
+CLI_FLAGS = {
+    "--task",
+    "--model",
+    "--trials",
+    "--workers",
+    "--data-dir",
+    "--limit",
+    "--study",
+    "--holdout",
+    "--seed",
+    "--metric",
+    "--convention",
+}
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def objects(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[dict], kind: str, name: str) -> dict:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected exactly one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def pod_templates(doc: dict) -> Iterator[tuple[str, dict]]:
+    """(where, pod template) for every pod template an object carries, CRDs included."""
+    spec = doc.get("spec") or {}
+    kind, name = doc["kind"], doc["metadata"]["name"]
+    if kind in {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}:
+        yield f"{kind}/{name}", spec["template"]
+    elif kind == "CronJob":
+        yield f"{kind}/{name}", spec["jobTemplate"]["spec"]["template"]
+    elif kind in {"RayCluster", "RayJob"}:
+        cluster = spec if kind == "RayCluster" else spec.get("rayClusterSpec")
+        if cluster:
+            yield f"{kind}/{name}/head", cluster["headGroupSpec"]["template"]
+            for group in cluster.get("workerGroupSpecs", []):
+                yield f"{kind}/{name}/{group['groupName']}", group["template"]
+        if kind == "RayJob" and spec.get("submitterPodTemplate"):
+            yield f"{kind}/{name}/submitter", spec["submitterPodTemplate"]
+
+
+def all_templates(docs: list[dict]) -> Iterator[tuple[str, dict]]:
+    for doc in docs:
+        yield from pod_templates(doc)
+
+
+def containers(template: dict, init: bool = True) -> list[dict]:
+    spec = template["spec"]
+    return list(spec.get("initContainers", []) if init else []) + list(spec["containers"])
+
+
+def all_containers(docs: list[dict]) -> Iterator[tuple[str, dict]]:
+    for where, template in all_templates(docs):
+        for c in containers(template):
+            yield f"{where}/{c['name']}", c
+
+
+def secret_values(secret: dict) -> dict[str, str]:
+    values = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+    values.update(secret.get("stringData") or {})
+    return values
+
+
+def effective_env(container: dict, docs: list[dict]) -> dict[str, dict]:
+    """name -> source ({"secret": (name, key)}, {"configMap": ...} or {"value": ...}) of a container's env."""
+    env: dict[str, dict] = {}
+    for src in container.get("envFrom", []):
+        if "configMapRef" in src:
+            cm = one(docs, "ConfigMap", src["configMapRef"]["name"])
+            for key in cm.get("data", {}):
+                env[src.get("prefix", "") + key] = {"configMap": (cm["metadata"]["name"], key)}
+        if "secretRef" in src:
+            secret = one(docs, "Secret", src["secretRef"]["name"])
+            for key in secret_values(secret):
+                env[src.get("prefix", "") + key] = {"secret": (secret["metadata"]["name"], key)}
+    for var in container.get("env", []):
+        ref = var.get("valueFrom", {})
+        if "secretKeyRef" in ref:
+            env[var["name"]] = {"secret": (ref["secretKeyRef"]["name"], ref["secretKeyRef"]["key"])}
+        elif "configMapKeyRef" in ref:
+            env[var["name"]] = {"configMap": (ref["configMapKeyRef"]["name"], ref["configMapKeyRef"]["key"])}
+        elif "value" in var:
+            env[var["name"]] = {"value": var["value"]}
+        else:
+            env[var["name"]] = {"other": ref}
+    return env
+
+
+def selector_matches(selector: dict, labels: dict) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def url_password(value: str) -> str | None:
+    try:
+        return urlsplit(value).password if "://" in value else None
+    except ValueError:
+        return None
+
+
+def ray_containers(docs: list[dict]) -> list[tuple[str, dict]]:
+    """The long-running Ray containers (head and workers), without init containers."""
+    out = []
+    for doc in objects(docs, "RayCluster"):
+        for where, template in pod_templates(doc):
+            out += [(f"{where}/{c['name']}", c) for c in containers(template, init=False)]
+    return out
+
+
+def gpu_amounts(container: dict) -> list[str]:
+    res = container.get("resources") or {}
+    return [
+        str(section["nvidia.com/gpu"])
+        for section in (res.get("requests") or {}, res.get("limits") or {})
+        if "nvidia.com/gpu" in section
+    ]
+
+
+# ------------------------------------------------------------------------------------- render + structure
+@pytest.mark.parametrize("name", ALL)
+def test_overlay_renders_with_the_expected_objects(rendered, name):
+    docs = rendered[name]
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    expected = {
+        ("RayCluster", "varsweep"),
+        ("RayJob", "varsweep-mmvp"),
+        ("Deployment", "mlflow"),
+        ("Service", "mlflow"),
+        ("ConfigMap", "varsweep-config"),
+        ("Secret", "varsweep-db"),
+    }
+    assert expected <= kinds, expected - kinds
+    has_postgres = {("StatefulSet", "postgres"), ("Service", "postgres")} <= kinds
+    assert has_postgres == (name != "external-db")
+    namespaces = {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"}
+    assert namespaces == {"varsweep"}, "everything in one namespace"
+    assert [d["metadata"]["name"] for d in objects(docs, "Namespace")] == ["varsweep"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_labels_on_every_object_and_pod(rendered, name):
+    for doc in rendered[name]:
+        labels = doc["metadata"].get("labels", {})
+        where = f"{doc['kind']}/{doc['metadata']['name']}"
+        assert labels.get("app.kubernetes.io/part-of") == "varsweep", where
+        assert labels.get("app.kubernetes.io/name"), where
+    for where, template in all_templates(rendered[name]):
+        labels = template["metadata"]["labels"]
+        assert labels.get("app.kubernetes.io/part-of") == "varsweep", where
+        assert labels.get("app.kubernetes.io/name"), where
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_container_sets_requests_and_limits(rendered, name):
+    for where, c in all_containers(rendered[name]):
+        res = c.get("resources") or {}
+        for section in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(res.get(section) or {}), f"{where}: {section} cpu+memory"
+
+
+# --------------------------------------------------------------------------------------------- schemas
+@pytest.mark.parametrize("name", ALL)
+def test_core_objects_validate_against_kubernetes_schemas(rendered, name, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("kubernetes-validate tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)  # the schemas ship with the package
+    checked = 0
+    for doc in rendered[name]:
+        if doc["apiVersion"].startswith("ray.io/"):
+            continue
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {e.message} at {list(e.absolute_path)}")
+        checked += 1
+    assert checked >= 6
+
+
+def test_kubernetes_validate_strict_rejects_a_typo(rendered):
+    doc = copy.deepcopy(one(rendered["dev"], "Deployment", "mlflow"))
+    doc["spec"]["template"]["spec"]["containers"][0]["readinessprobe"] = {}  # typo of readinessProbe
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def _strict(schema: object) -> object:
+    """Reject unknown fields: additionalProperties: false wherever a schema lists properties and does not
+    preserve unknown fields (what the API server's structural pruning would silently drop)."""
+    if isinstance(schema, dict):
+        for key in ("properties", "patternProperties"):
+            for sub in (schema.get(key) or {}).values():
+                _strict(sub)
+        for key in ("items", "additionalProperties", "not"):
+            if isinstance(schema.get(key), dict):
+                _strict(schema[key])
+        for key in ("allOf", "anyOf", "oneOf"):
+            for sub in schema.get(key) or []:
+                _strict(sub)
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            schema["additionalProperties"] = False
+    return schema
+
+
+@pytest.fixture(scope="session")
+def crd_validators() -> dict[str, jsonschema.protocols.Validator]:
+    validators = {}
+    for kind, filename in (("RayCluster", "ray.io_rayclusters.yaml"), ("RayJob", "ray.io_rayjobs.yaml")):
+        with open(CRD_DIR / filename, encoding="utf-8") as f:
+            crd = yaml.load(f, Loader=yaml.CSafeLoader)
+        assert crd["spec"]["names"]["kind"] == kind
+        (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+        schema = _strict(version["schema"]["openAPIV3Schema"])
+        validators[kind] = jsonschema.Draft7Validator(schema)
+    return validators
+
+
+def _crd_errors(validators, doc: dict) -> list[str]:
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validators[doc["kind"]].iter_errors(doc)
+    ]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_ray_objects_validate_against_kuberay_crds(rendered, crd_validators, name):
+    ray_docs = [d for d in rendered[name] if d["apiVersion"].startswith("ray.io/")]
+    assert {d["kind"] for d in ray_docs} == {"RayCluster", "RayJob"}
+    for doc in ray_docs:
+        assert doc["apiVersion"] == "ray.io/v1"
+        assert _crd_errors(crd_validators, doc) == [], f"{doc['kind']}/{doc['metadata']['name']}"
+
+
+@pytest.mark.parametrize(
+    ("kind", "mutate"),
+    [
+        ("RayCluster", lambda d: d["spec"]["workerGroupSpecs"][0].__setitem__("replica", 2)),
+        (
+            "RayCluster",
+            lambda d: d["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0].__setitem__("envv", []),
+        ),
+        ("RayCluster", lambda d: d["spec"].__setitem__("enableInTreeAutoscaling", "no")),
+        ("RayJob", lambda d: d["spec"].__setitem__("shutdownAfterJobFinish", True)),
+        ("RayJob", lambda d: d["spec"].__setitem__("entrypoint", ["python", "sweep/main.py"])),
+    ],
+)
+def test_kuberay_schemas_reject_typos_and_wrong_types(rendered, crd_validators, kind, mutate):
+    doc = copy.deepcopy(objects(rendered["dev"], kind)[0])
+    assert _crd_errors(crd_validators, doc) == []
+    mutate(doc)
+    assert _crd_errors(crd_validators, doc), "the strict CRD schema must reject this"
+
+
+def test_crd_copies_are_the_documented_upstream_files():
+    readme = (CRD_DIR / "README.md").read_text(encoding="utf-8")
+    assert "feeaf72" in readme and "Apache-2.0" in readme
+    assert "Apache License" in (CRD_DIR / "LICENSE").read_text(encoding="utf-8")
+    for filename in ("ray.io_rayclusters.yaml", "ray.io_rayjobs.yaml"):
+        digest = hashlib.sha256((CRD_DIR / filename).read_bytes()).hexdigest()
+        assert f"| {filename} | `{digest}` |" in readme, f"{filename} changed: refresh README's table"
+
+
+# ----------------------------------------------------------------------------------------- references
+@pytest.mark.parametrize("name", ALL)
+def test_every_service_selects_a_pod_template(rendered, name):
+    docs = rendered[name]
+    templates = list(all_templates(docs))
+    for svc in objects(docs, "Service"):
+        selector = svc["spec"].get("selector")
+        matches = [where for where, t in templates if selector_matches(selector, t["metadata"]["labels"])]
+        assert matches, f"Service/{svc['metadata']['name']} selects no pod"
+        for port in svc["spec"]["ports"]:
+            target = port.get("targetPort", port["port"])
+            for where, t in templates:
+                if not selector_matches(selector, t["metadata"]["labels"]):
+                    continue
+                ports = [p for c in containers(t, init=False) for p in c.get("ports", [])]
+                assert any(target in (p.get("name"), p["containerPort"]) for p in ports), (
+                    f"Service/{svc['metadata']['name']} port {target} not exposed by {where}"
+                )
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_workload_selectors_and_governing_services(rendered, name):
+    docs = rendered[name]
+    for kind in ("Deployment", "StatefulSet"):
+        for doc in objects(docs, kind):
+            assert selector_matches(
+                doc["spec"]["selector"]["matchLabels"], doc["spec"]["template"]["metadata"]["labels"]
+            )
+    for sts in objects(docs, "StatefulSet"):
+        svc = one(docs, "Service", sts["spec"]["serviceName"])
+        assert svc["spec"].get("clusterIP") == "None", "a StatefulSet's governing Service is headless"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_env_and_volume_references_resolve(rendered, name):
+    docs = rendered[name]
+    secrets = {s["metadata"]["name"]: secret_values(s) for s in objects(docs, "Secret")}
+    config_maps = {c["metadata"]["name"]: c.get("data", {}) for c in objects(docs, "ConfigMap")}
+    pvcs = {p["metadata"]["name"] for p in objects(docs, "PersistentVolumeClaim")}
+    for where, c in all_containers(docs):
+        for var in c.get("env", []):
+            ref = var.get("valueFrom", {})
+            for kind, store in (("secretKeyRef", secrets), ("configMapKeyRef", config_maps)):
+                if kind not in ref:
+                    continue
+                r = ref[kind]
+                if r.get("optional") and r["key"] not in store.get(r["name"], {}):
+                    continue
+                assert r["name"] in store, f"{where}: env {var['name']} refers to missing {r['name']}"
+                assert r["key"] in store[r["name"]], f"{where}: {r['name']} has no key {r['key']}"
+        for src in c.get("envFrom", []):
+            for kind, store in (("configMapRef", config_maps), ("secretRef", secrets)):
+                if kind in src and not src[kind].get("optional"):
+                    assert src[kind]["name"] in store, f"{where}: envFrom {src[kind]['name']} missing"
+    claim_templates = {
+        f"StatefulSet/{s['metadata']['name']}": {
+            v["metadata"]["name"] for v in s["spec"].get("volumeClaimTemplates", [])
+        }
+        for s in objects(docs, "StatefulSet")
+    }
+    for where, template in all_templates(docs):
+        volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+        volumes.update({name: {} for name in claim_templates.get(where, ())})
+        for c in containers(template):
+            for m in c.get("volumeMounts", []):
+                assert m["name"] in volumes, f"{where}/{c['name']}: mount of unknown volume {m['name']}"
+        for v in volumes.values():
+            if "configMap" in v:
+                assert v["configMap"]["name"] in config_maps, f"{where}: volume {v['name']}"
+            if "secret" in v:
+                assert v["secret"]["secretName"] in secrets, f"{where}: volume {v['name']}"
+            if "persistentVolumeClaim" in v:
+                assert v["persistentVolumeClaim"]["claimName"] in pvcs, f"{where}: volume {v['name']}"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_rayjob_targets_the_rendered_raycluster(rendered, name):
+    docs = rendered[name]
+    job = one(docs, "RayJob", "varsweep-mmvp")
+    spec = job["spec"]
+    # Pattern: submit to the long-lived cluster (see rayjob.yaml), not a cluster of its own.
+    assert "rayClusterSpec" not in spec
+    cluster = one(docs, "RayCluster", spec["clusterSelector"]["ray.io/cluster"])
+    # KubeRay rejects these in clusterSelector mode, and a GPU entrypoint would starve behind the workers.
+    assert not spec.get("backoffLimit") and not spec.get("suspend")
+    assert "entrypointNumGpus" not in spec
+    assert cluster["spec"]["authOptions"]["mode"] == "token"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_rayjob_entrypoint_is_the_cli_contract(rendered, name):
+    entrypoint = one(rendered[name], "RayJob", "varsweep-mmvp")["spec"]["entrypoint"]
+    argv = shlex.split(entrypoint)
+    assert argv[:3] == ["python", "sweep/main.py", "--task"] and re.fullmatch(r"[a-z0-9_-]+", argv[3]), (
+        entrypoint
+    )
+    flags = {a.split("=", 1)[0] for a in argv[2:] if a.startswith("-")}
+    assert flags <= CLI_FLAGS, f"unknown sweep/main.py flags: {flags - CLI_FLAGS}"
+    if "--data-dir" in argv:
+        data_dir = argv[argv.index("--data-dir") + 1]
+        for where, c in ray_containers(rendered[name]):
+            assert any(
+                data_dir.startswith(m["mountPath"].rstrip("/") + "/") for m in c.get("volumeMounts", [])
+            ), f"{where} does not mount {data_dir}"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_network_policy_admits_the_database_clients(rendered, name):
+    docs = rendered[name]
+    templates = dict(all_templates(docs))
+    for policy in objects(docs, "NetworkPolicy"):
+        guarded = [
+            w
+            for w, t in templates.items()
+            if selector_matches(policy["spec"]["podSelector"]["matchLabels"], t["metadata"]["labels"])
+        ]
+        assert guarded, f"NetworkPolicy/{policy['metadata']['name']} guards no pod"
+        sources = [
+            peer["podSelector"]["matchLabels"] for rule in policy["spec"]["ingress"] for peer in rule["from"]
+        ]
+        for where, t in templates.items():
+            if any(
+                DATABASE_URL in effective_env(c, docs) or "MLFLOW_BACKEND_STORE_URI" in effective_env(c, docs)
+                for c in containers(t)
+            ):
+                assert any(selector_matches(s, t["metadata"]["labels"]) for s in sources), (
+                    f"{where} needs the database but NetworkPolicy/{policy['metadata']['name']} blocks it"
+                )
+
+
+# ------------------------------------------------------------------------------------- settings contract
+@pytest.mark.parametrize("name", ALL)
+def test_ray_pods_get_the_settings_the_code_reads(rendered, name):
+    docs = rendered[name]
+    tracking = None
+    found = ray_containers(docs)
+    assert len(found) >= 2, "head and at least one worker group"
+    for where, c in found:
+        env = effective_env(c, docs)
+        assert env[DATABASE_URL].get("secret") == ("varsweep-db", DATABASE_URL), where
+        assert env[OPTUNA_URL].get("secret") == ("varsweep-db", OPTUNA_URL), where
+        assert TRACKING_URI in env, where
+        # RAY_ADDRESS is KubeRay's and the Jobs API's to set (the driver then joins with plain ray.init()).
+        assert "RAY_ADDRESS" not in env, where
+        source = env[TRACKING_URI]
+        if "configMap" in source:
+            cm_name, key = source["configMap"]
+            tracking = one(docs, "ConfigMap", cm_name)["data"][key]
+        else:
+            tracking = source["value"]
+        svc_url = urlsplit(tracking)
+        svc = one(docs, "Service", svc_url.hostname)
+        assert svc_url.scheme == "http" and svc_url.port in {p["port"] for p in svc["spec"]["ports"]}
+    assert tracking == "http://mlflow:5000"
+
+
+# Third-party env names we set, and where their library reads them (checked first; else the whole package).
+_READERS = {
+    "MLFLOW_": ("mlflow", ("environment_variables.py", "cli/__init__.py")),
+    "RAY_": ("ray", ("_common/usage/usage_constants.py",)),
+    "HF_": ("huggingface_hub", ("constants.py",)),
+}
+
+
+@functools.cache
+def _package_source(package: str, files: tuple[str, ...] | None) -> str:
+    spec = importlib.util.find_spec(package)
+    assert spec and spec.submodule_search_locations, f"{package} is not installed"
+    root = Path(list(spec.submodule_search_locations)[0])
+    paths = [root / f for f in files] if files else root.rglob("*.py")
+    return "\n".join(p.read_text(encoding="utf-8", errors="ignore") for p in paths if p.is_file())
+
+
+@functools.cache
+def _code_env_names() -> frozenset[str] | None:
+    """The env names sweep.settings.Settings reads (prefix + field, or its aliases); None if not importable."""
+    try:
+        from sweep.settings import Settings
+    except ImportError:
+        return None
+    prefix = Settings.model_config.get("env_prefix", "")
+    names = set()
+    for field_name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if alias is None:
+            names.add((prefix + field_name).upper())
+        elif isinstance(alias, str):
+            names.add(alias.upper())
+        else:
+            names.update(choice.upper() for choice in alias.choices if isinstance(choice, str))
+    return frozenset(names)
+
+
+def test_contract_env_names_are_what_the_code_reads():
+    names = _code_env_names()
+    if names is None:
+        pytest.skip("sweep.settings is not importable")
+    assert {DATABASE_URL, OPTUNA_URL, TRACKING_URI, "RAY_ADDRESS"} <= names
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_env_names_are_ones_their_readers_know(rendered, name):
+    """VARSWEEP_* names are settings the code reads; MLFLOW_*/RAY_*/HF_* names appear in the installed library
+    that reads them (its source, not imported), so a typo'd name cannot silently do nothing."""
+    docs = rendered[name]
+    known = VARSWEEP_ENV | (_code_env_names() or frozenset())
+    for where, c in all_containers(docs):
+        for var in effective_env(c, docs):
+            if var.startswith("VARSWEEP_"):
+                assert var in known, f"{where}: {var} is not a setting the code reads"
+            for prefix, (package, files) in _READERS.items():
+                if var.startswith(prefix):
+                    pattern = rf"[\"']{var}[\"']"
+                    assert re.search(pattern, _package_source(package, files)) or re.search(
+                        pattern, _package_source(package, None)
+                    ), f"{where}: {package} never reads {var}"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_credentials_come_from_secrets_only(rendered, name):
+    docs = rendered[name]
+    for cm in objects(docs, "ConfigMap"):
+        for key, value in (cm.get("data") or {}).items():
+            assert key not in SECRET_ONLY_ENV and "PASSWORD" not in key.upper(), f"ConfigMap has {key}"
+            assert url_password(value) is None, f"ConfigMap/{cm['metadata']['name']}:{key} holds a password"
+    for where, c in all_containers(docs):
+        for var, source in effective_env(c, docs).items():
+            if var in SECRET_ONLY_ENV:
+                assert "secret" in source, f"{where}: {var} must come from a Secret (secretKeyRef)"
+            if "value" in source:
+                assert url_password(str(source["value"])) is None, f"{where}: {var} inlines a password"
+        for arg in [*c.get("command", []), *c.get("args", [])]:
+            assert url_password(arg) is None and "$(" not in arg, f"{where}: credential on the command line"
+
+
+def test_postgres_urls_agree_with_the_server(rendered):
+    docs = rendered["base"]
+    values = secret_values(one(docs, "Secret", "varsweep-db"))
+    pg = one(docs, "StatefulSet", "postgres")
+    pg_env = effective_env(pg["spec"]["template"]["spec"]["containers"][0], docs)
+    port = one(docs, "Service", "postgres")["spec"]["ports"][0]["port"]
+    init_sql = "\n".join(one(docs, "ConfigMap", "postgres-init")["data"].values())
+    for key, database in (
+        (DATABASE_URL, pg_env["POSTGRES_DB"]["value"]),
+        ("MLFLOW_BACKEND_STORE_URI", "mlflow"),
+    ):
+        url = urlsplit(values[key])
+        assert url.scheme == "postgresql+psycopg", "SQLAlchemy URL for psycopg 3"
+        assert (url.hostname, url.port, url.path.lstrip("/")) == ("postgres", port, database), key
+        assert url.username == values["POSTGRES_USER"] and url.password == values["POSTGRES_PASSWORD"], key
+    # MLflow keeps its own database (own alembic_version); the init script creates it.
+    assert re.search(r"CREATE DATABASE mlflow\b", init_sql)
+
+
+def test_external_db_overlay_has_no_in_cluster_database(rendered):
+    docs = rendered["external-db"]
+    assert not objects(docs, "StatefulSet") and not objects(docs, "NetworkPolicy")
+    assert all(d["metadata"]["name"] != "postgres" for d in docs)
+    values = secret_values(one(docs, "Secret", "varsweep-db"))
+    assert set(values) == {DATABASE_URL, "MLFLOW_BACKEND_STORE_URI"}
+    for value in values.values():
+        assert urlsplit(value).hostname != "postgres"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_no_real_password_in_rendered_secrets(rendered, name):
+    for secret in objects(rendered[name], "Secret"):
+        for key, value in secret_values(secret).items():
+            if "PASSWORD" in key.upper():
+                assert value in PLACEHOLDERS, (
+                    f"Secret/{secret['metadata']['name']}:{key} is not a placeholder"
+                )
+            password = url_password(value)
+            assert password is None or password in PLACEHOLDERS, f"{key} embeds a real-looking password"
+
+
+_URL_CREDENTIALS = re.compile(r"[a-z][a-z0-9+.-]*://([^\s:/@'\"]+):([^\s@/'\"]+)@", re.IGNORECASE)
+
+
+def _looks_real(password: str) -> bool:
+    """A literal that could be a password: not a placeholder, a shell/printf/template variable or an example
+    of a few letters like `p` or `pass`."""
+    return password not in PLACEHOLDERS and not re.match(r"^[$%<{]", password) and len(password) >= 6
+
+
+def test_no_real_looking_credential_anywhere_in_deploy():
+    offenders = []
+    for path in DEPLOY.rglob("*"):
+        if not path.is_file() or path.parent == CRD_DIR or "overlays/local" in path.as_posix():
+            continue
+        text = path.read_text(encoding="utf-8", errors="ignore")
+        for match in _URL_CREDENTIALS.finditer(text):
+            if _looks_real(match.group(2)):
+                offenders.append(f"{path.relative_to(REPO)}: {match.group(0)}")
+        for match in re.finditer(r"(?im)^\s*([A-Z_]*PASSWORD[A-Z_]*)\s*[:=]\s*[\"']?([^\s\"'#]+)", text):
+            if _looks_real(match.group(2)):
+                offenders.append(f"{path.relative_to(REPO)}: {match.group(1)}")
+    assert offenders == []
+
+
+def test_readme_secret_command_creates_the_keys_the_pods_read(rendered):
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"--from-literal=([A-Z_]+)=", readme))
+    assert documented == set(secret_values(one(rendered["base"], "Secret", "varsweep-db")))
+
+
+def test_local_credentials_are_git_ignored():
+    probe = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--is-inside-work-tree"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        pytest.skip("not a git work tree")
+    for path in (
+        "deploy/k8s/overlays/local/secrets.env",
+        "deploy/k8s/overlays/local/kustomization.yaml",
+        "deploy/k8s/overlays/dev/secrets.env",
+    ):
+        ignored = subprocess.run(
+            ["git", "-C", str(REPO), "check-ignore", "-q", "--no-index", path], check=False
+        ).returncode
+        assert ignored == 0, f"{path} is not git-ignored"
+
+
+# ------------------------------------------------------------------------------------- services in detail
+@pytest.mark.parametrize("name", ALL)
+def test_gpu_only_where_asked(rendered, name):
+    docs = rendered[name]
+    amounts = {where: gpu_amounts(c) for where, c in all_containers(docs)}
+    workers = [(w, c) for w, c in ray_containers(docs) if "/head/" not in w]
+    if name == "gpu":
+        assert workers and all(gpu_amounts(c) == ["1", "1"] for _, c in workers), "one GPU per worker pod"
+        others = {w: a for w, a in amounts.items() if a and w not in dict(workers)}
+        assert others == {}, "only the Ray workers hold GPUs (the driver stays CPU-only)"
+        for doc in objects(docs, "RayCluster"):
+            for group in doc["spec"]["workerGroupSpecs"]:
+                tolerations = group["template"]["spec"].get("tolerations", [])
+                assert any(t.get("key") == "nvidia.com/gpu" for t in tolerations)
+    else:
+        assert {w: a for w, a in amounts.items() if a} == {}, f"{name} must request no GPU"
+        for doc in objects(docs, "RayCluster"):
+            for _, template in pod_templates(doc):
+                assert "nvidia.com/gpu" not in yaml.safe_dump(template)
+
+
+def test_dev_is_small(rendered):
+    docs = rendered["dev"]
+    (cluster,) = objects(docs, "RayCluster")
+    assert [g["replicas"] for g in cluster["spec"]["workerGroupSpecs"]] == [1]
+    for where, c in all_containers(docs):
+        memory = c["resources"]["limits"]["memory"]
+        assert memory.endswith(("Mi", "Gi")) and (memory.endswith("Mi") or int(memory[:-2]) <= 4), where
+    assert "--limit" in one(docs, "RayJob", "varsweep-mmvp")["spec"]["entrypoint"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_one_varsweep_image_and_ray_version(rendered, name):
+    docs = rendered[name]
+    images = {c["image"] for _, c in all_containers(docs) if not c["image"].startswith("postgres:")}
+    assert images == {"varsweep:latest-cuda" if name == "gpu" else "varsweep:latest"}
+    (cluster,) = objects(docs, "RayCluster")
+    constraints = REPO / "constraints.txt"
+    if constraints.exists():
+        pins = re.findall(r"(?im)^ray(?:\[[^\]]*\])?==([^\s;#]+)", constraints.read_text(encoding="utf-8"))
+        if pins:
+            assert cluster["spec"]["rayVersion"] == pins[0], "rayVersion must equal the image's Ray"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_head_migrates_the_store_before_any_driver(rendered, name):
+    docs = rendered[name]
+    (cluster,) = objects(docs, "RayCluster")
+    init = cluster["spec"]["headGroupSpec"]["template"]["spec"]["initContainers"]
+    assert [c["name"] for c in init] == ["wait-for-db", "migrate"]
+    wait, migrate = init
+    assert wait["command"][:2] == ["python", "/app/deploy/scripts/wait_for_db.py"]
+    assert (REPO / wait["command"][1].removeprefix("/app/")).is_file()
+    assert wait["command"][wait["command"].index("--url-env") + 1] == DATABASE_URL
+    assert migrate["command"] == ["python", "-m", "sweep.store", "upgrade"]
+    for c in init:
+        assert effective_env(c, docs)[DATABASE_URL].get("secret") == ("varsweep-db", DATABASE_URL)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_mlflow_server(rendered, name):
+    docs = rendered[name]
+    deploy = one(docs, "Deployment", "mlflow")
+    pod = deploy["spec"]["template"]["spec"]
+    (server,) = [c for c in pod["containers"] if c["name"] == "mlflow"]
+    assert server["command"] == ["mlflow", "server"]
+    args = dict(
+        a.removeprefix("--").split("=", 1) if "=" in a else (a.removeprefix("--"), "") for a in server["args"]
+    )
+    assert args["host"] == "0.0.0.0" and args["port"] == "5000"
+    assert args["artifacts-destination"].startswith("/")
+    assert any(m["mountPath"] == args["artifacts-destination"] for m in server["volumeMounts"])
+    # mlflow's own envvar for --backend-store-uri; a database of its own.
+    env = effective_env(server, docs)
+    assert env["MLFLOW_BACKEND_STORE_URI"].get("secret") == ("varsweep-db", "MLFLOW_BACKEND_STORE_URI")
+    backend = secret_values(one(docs, "Secret", "varsweep-db"))["MLFLOW_BACKEND_STORE_URI"]
+    assert urlsplit(backend).path == "/mlflow"
+    # Host headers clients send must pass mlflow's check (exact match, or fnmatch when the pattern has '*').
+    allowed = args["allowed-hosts"].split(",")
+    for host in (
+        "mlflow",
+        "mlflow:5000",
+        "mlflow.varsweep.svc.cluster.local:5000",
+        "localhost:5000",
+        "127.0.0.1:5000",
+    ):
+        assert any(fnmatch.fnmatch(host, p) if "*" in p else host == p for p in allowed), host
+    assert "*" not in allowed
+    probes = [server[p] for p in ("readinessProbe", "livenessProbe", "startupProbe")]
+    assert all(p["httpGet"]["path"] == "/health" for p in probes)
+    assert {p["httpGet"]["port"] for p in probes} <= {"http", 5000}
+    assert deploy["spec"]["strategy"]["type"] == "Recreate", "RWO artifact volume"
+
+
+def test_postgres_probes_use_pg_isready(rendered):
+    pg = one(rendered["base"], "StatefulSet", "postgres")["spec"]["template"]["spec"]["containers"][0]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert "pg_isready" in " ".join(pg[probe]["exec"]["command"])
