@@ -31,7 +31,7 @@ import torch
 
 from var_core import VARConfig
 from workers.engine import EvalEngine
-from workers.models import LLAVA_15_7B_SHAPE, LLAVA_CPU_SHAPE, build_tiny_llava, plant_sinks
+from workers.models import LLAVA_15_7B_SHAPE, LLAVA_CPU_SHAPE, build_tiny_llava, near_tie_answers, plant_sinks
 from workers.synthetic import write_mmvp_folder
 from workers.tasks import get_task
 
@@ -71,6 +71,7 @@ def main() -> None:
 
     model, processor = build_tiny_llava(shape, device=device, dtype=dtype)
     plant_sinks(model, processor)
+    near_tie_answers(model, processor)
     configs = sample_configs(args.configs)
     with tempfile.TemporaryDirectory() as tmp:
         write_mmvp_folder(tmp, pairs=(args.examples + 1) // 2, size=shape.image_size)

@@ -319,10 +319,12 @@ class VARHandle:
         layer = module.layer_idx
         batch, _, n_query, _ = query.shape
         n_keys = key.shape[2]
-        params = self._params(batch, query.device)
         positions = torch.arange(n_keys - n_query, n_keys, device=query.device)
-        active = params.layer_active(layer, self.num_layers).to(query.device)
-        modifiable = (positions[None, :] >= state.image_end[:, None]) & active[:, None]  # type: ignore[index]
+        after_image = positions[None, :] >= state.image_end[:, None]  # type: ignore[index]
+        if self.path == "fast" and not bool(after_image.any()):  # e.g. a cached prefix: never VAR's rows
+            return self._base_attention(module, query, key, value, attention_mask, **base_kwargs)
+        params = self._params(batch, query.device)
+        modifiable = after_image & params.layer_active(layer, self.num_layers).to(query.device)[:, None]
         if self.path == "eager":
             first = 0
         elif not bool(modifiable.any()):

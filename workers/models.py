@@ -4,7 +4,7 @@ The presets ``tiny-llava`` and ``tiny-qwen2-vl`` are the real architectures (Lla
 CLIP tower and a 2-layer GELU projector; Qwen2VLForConditionalGeneration) with random weights from a fixed seed and
 a tokenizer and processor built locally, so they need no download. Their prompt formats match the real models'
 (the llava-hf chat template; Qwen2-VL's chat template). A random model has no massive activations, so the presets
-come with sinks planted (:func:`plant_sinks`): BOS / ``<|im_start|>``, newline and period tokens and a few image
+come with sinks planted (:func:`plant_sinks`) and near-tied answer tokens (:func:`near_tie_answers`): BOS / ``<|im_start|>``, newline and period tokens and a few image
 tokens get a massive value in :data:`TINY_SINK_DIMS`, recorded in ``config.text_config.sink_dims`` so that
 ``var_core.patch`` finds them. ``planted=False`` gives the bare random model.
 """
@@ -49,6 +49,7 @@ __all__ = [
     "LLAVA_15_7B_SHAPE",
     "load_model",
     "plant_sinks",
+    "near_tie_answers",
     "build_tiny_llava",
     "build_tiny_qwen2_vl",
     "save_model",
@@ -424,6 +425,30 @@ def plant_sinks(
     return planted
 
 
+# Answer tokens of the option tasks, as the tiny tokenizers spell them after "ASSISTANT:" (with a space) and after
+# Qwen2-VL's "assistant\n" (without).
+ANSWER_TOKENS = ("ĠA", "ĠB", "ĠC", "ĠD", "ĠYes", "ĠNo", "A", "B", "C", "D", "Yes", "No")
+
+
+@torch.no_grad()
+def near_tie_answers(
+    model: nn.Module, processor: ProcessorMixin, *, tokens: Sequence[str] = ANSWER_TOKENS, seed: int = 1
+) -> None:
+    """Give the answer tokens' output rows a shared row plus a small random difference of their own.
+
+    A random LM head adds a fixed, input-independent margin between two answers that usually dwarfs what the
+    image or VAR changes, so a random model answers every question alike. Near-tied rows make answers hinge on
+    small changes of the final state, as real models' do on hard questions; the sweep then has something to tune.
+    """
+    tokenizer = processor.tokenizer
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in tokens]
+    ids = [i for i in ids if i is not None and i != tokenizer.unk_token_id]
+    weight = model.get_output_embeddings().weight
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(len(ids), weight.shape[1], generator=generator).to(weight.device, weight.dtype)
+    weight[ids] = weight[ids].mean(dim=0) + 0.05 * weight[ids].std() * noise
+
+
 PRESETS = {"tiny-llava": build_tiny_llava, "tiny-qwen2-vl": build_tiny_qwen2_vl}
 
 
@@ -436,13 +461,15 @@ def load_model(
 ) -> tuple[nn.Module, ProcessorMixin]:
     """Load ``(model, processor)``: a preset, a local folder or a hub id, in eval mode with SDPA attention.
 
-    ``device`` defaults to cuda when available. Presets come with planted sinks unless ``planted=False``.
+    ``device`` defaults to cuda when available. Presets come with planted sinks and near-tied answer tokens
+    (:func:`plant_sinks`, :func:`near_tie_answers`) unless ``planted=False``.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if name in PRESETS:
         model, processor = PRESETS[name]()
         if planted:
             plant_sinks(model, processor)
+            near_tie_answers(model, processor)
         model.config._name_or_path = name
     else:
         model, processor = _from_pretrained(name, dtype=dtype)

@@ -1,11 +1,12 @@
 """WordNet lemmatisation without NLTK's data downloader.
 
-CHAIR lemmatises caption words with ``nltk.stem.WordNetLemmatizer`` (shikiw/OPERA:chair.py ``caption_to_words``).
-That lemmatiser only needs WordNet 3.0's ``index.<pos>`` and ``<pos>.exc`` files: it applies the exception list or
-one round of suffix rules and keeps the candidates that WordNet lists, then returns the shortest. This module does
-exactly that (nltk 3.9+ ``WordNetCorpusReader._morphy`` and ``WordNetLemmatizer.lemmatize``, rules copied from
-``MORPHOLOGICAL_SUBSTITUTIONS``) on the dict files of any WordNet 3.0 install, so that Debian's ``wordnet-base``
-package (``/usr/share/wordnet``) is enough: it ships no ``lexnames`` file, which NLTK's reader insists on.
+CHAIR lemmatises caption words with ``nltk.stem.WordNetLemmatizer`` (shikiw/OPERA:chair.py
+``caption_to_words``). That lemmatiser only needs WordNet 3.0's ``index.<pos>`` and ``<pos>.exc`` files: it
+applies the exception list or one round of suffix rules and keeps the candidates that WordNet lists, then
+returns the shortest. This module does exactly that (nltk 3.9+ ``WordNetCorpusReader._morphy`` and
+``WordNetLemmatizer.lemmatize``, rules copied from ``MORPHOLOGICAL_SUBSTITUTIONS``) on the dict files of any
+WordNet 3.0 install, so that Debian's ``wordnet-base`` package (``/usr/share/wordnet``) is enough: it ships no
+``lexnames`` file, which NLTK's reader insists on.
 
 Where the files are looked up, first hit wins: ``$WNSEARCHDIR`` (WordNet's own variable), an NLTK data
 ``corpora/wordnet`` folder or zip, then ``/usr/share/wordnet``.
@@ -95,7 +96,9 @@ def load_wordnet(location: str | None = None) -> WordNetMorphy:
             "CHAIR needs WordNet 3.0 and none was found: install Debian's wordnet-base "
             "(apt-get install wordnet-base), or set WNSEARCHDIR to a folder holding index.noun"
         )
-    lemmas = {pos: frozenset(_index_lemmas(_read(where, f"index.{sfx}"))) for pos, sfx in _FILE_SUFFIX.items()}
+    lemmas = {
+        pos: frozenset(_index_lemmas(_read(where, f"index.{sfx}"))) for pos, sfx in _FILE_SUFFIX.items()
+    }
     exceptions = {pos: _exception_map(_read(where, f"{sfx}.exc")) for pos, sfx in _FILE_SUFFIX.items()}
     return WordNetMorphy(lemmas=lemmas, exceptions=exceptions, source=str(where))
 

@@ -2,9 +2,9 @@
 
 The tagger's weights come from nltk_data's ``packages/taggers/averaged_perceptron_tagger.zip`` (the model that
 ``nltk.pos_tag`` used up to nltk 3.8, and that nltk 3.9+ ships converted to JSON as
-``averaged_perceptron_tagger_eng``). The zip is checked against the MD5 that nltk_data's ``index.xml`` lists for it,
-then its pickle is read with an unpickler that can build nothing but plain containers, and written as gzipped JSON
-in the layout of ``PerceptronTagger.decode_json_params``: ``[weights, tagdict, classes]``.
+``averaged_perceptron_tagger_eng``). The zip is checked against the MD5 that nltk_data's ``index.xml`` lists
+for it, then its pickle is read with an unpickler that can build nothing but plain containers, and written as
+gzipped JSON in the layout of ``PerceptronTagger.decode_json_params``: ``[weights, tagdict, classes]``.
 
 Usage (run from the repository root, with the zip fetched by hand from nltk_data's gh-pages branch)::
 
@@ -45,7 +45,9 @@ def convert(zip_path: Path, output: Path = OUTPUT) -> None:
     if digest != OFFICIAL_ZIP_MD5:
         raise SystemExit(f"{zip_path}: MD5 {digest} is not nltk_data's {OFFICIAL_ZIP_MD5}")
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        weights, tagdict, classes = _ContainersOnly(io.BytesIO(archive.read(MEMBER)), encoding="latin1").load()
+        weights, tagdict, classes = _ContainersOnly(
+            io.BytesIO(archive.read(MEMBER)), encoding="latin1"
+        ).load()
     text = json.dumps([weights, tagdict, sorted(classes)], sort_keys=True, separators=(",", ":"))
     # mtime=0 keeps the gzip bytes reproducible.
     output.write_bytes(gzip.compress(text.encode("utf-8"), compresslevel=9, mtime=0))

@@ -1,0 +1,38 @@
+"""Benchmark tasks for varsweep: data + prompt + scorer, behind one registry.
+
+>>> from workers.tasks import get_task
+>>> task = get_task("pope", "../shared/data/pope", split="random")     # doctest: +SKIP
+>>> task.metric, task.direction, len(task.examples)                     # doctest: +SKIP
+('f1', 'maximize', 2910)
+
+Formats, prompts and scoring follow ../shared/TASKS.md; docs/tasks.md lists each task's layout and choices.
+"""
+
+from workers.tasks._base import Example, ImageRef, Task, TaskSpec, render_prompt
+from workers.tasks._errors import (
+    DataError,
+    DuplicateTaskError,
+    OptionTokenError,
+    ScoringError,
+    UnknownTaskError,
+)
+from workers.tasks._options import option_token_ids
+from workers.tasks._registry import TASKS, Registry, get_task, task_names
+
+__all__ = [
+    "get_task",
+    "task_names",
+    "Task",
+    "TaskSpec",
+    "Example",
+    "ImageRef",
+    "render_prompt",
+    "option_token_ids",
+    "Registry",
+    "TASKS",
+    "DataError",
+    "UnknownTaskError",
+    "DuplicateTaskError",
+    "ScoringError",
+    "OptionTokenError",
+]
