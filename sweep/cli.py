@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--convention", choices=["paper", "official"], default="paper",
                      help="VAR convention of the searched parameters (default paper; see VAR.md)")  # fmt: skip
     run.add_argument("--search-summ", action="store_true", help="also search summ (default: fixed at 0.2)")
+    for name, default in (("tau", "5 40"), ("rho", "by task group"), ("p", "0 1")):
+        run.add_argument(f"--{name}-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                         help=f"search range of {name}, in --convention's terms (default {default})")  # fmt: skip
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -120,6 +123,10 @@ def cmd_best(argv: Sequence[str]) -> int:
     return 0
 
 
+def _pair(values: list[float] | None) -> tuple[float, float] | None:
+    return None if values is None else (values[0], values[1])
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from sweep.service import SweepRequest, run_sweep
     from sweep.settings import Settings
@@ -131,6 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         task=args.task, model=args.model, trials=args.trials, workers=args.workers, data_dir=args.data_dir,
         split=args.split, limit=args.limit, study=args.study, seed=args.seed, holdout=args.holdout,
         metric=args.metric, convention=args.convention, search_summ=args.search_summ,
+        tau_range=_pair(args.tau_range), rho_range=_pair(args.rho_range), p_range=_pair(args.p_range),
     )  # fmt: skip
     outcome = run_sweep(request, settings)
     p = outcome.best_params

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from var_core import VARConfig, paper_defaults
+from var_core import ConfigError, VARConfig, paper_defaults
 from var_core.config import Convention
 
 __all__ = ["SearchSpace", "space_for", "BASELINE", "PAPER_DEFAULTS", "config_from_params"]
@@ -56,17 +56,37 @@ class SearchSpace:
         return point | ({"summ": config.summ} if self.summ is not None else {})
 
 
-def space_for(group: str, convention: Convention, *, search_summ: bool = False) -> SearchSpace:
-    lo, hi = _RHO_RANGE[group]
-    rho = (lo, hi) if convention == "paper" else (round(1 - hi, 10), round(1 - lo, 10))
-    return SearchSpace(
+def space_for(
+    group: str,
+    convention: Convention,
+    *,
+    search_summ: bool = False,
+    tau: tuple[float, float] | None = None,
+    rho: tuple[float, float] | None = None,
+    p: tuple[float, float] | None = None,
+) -> SearchSpace:
+    """The group's space in ``convention``; ``tau``/``rho``/``p`` override a range (given in that convention)."""
+    if rho is None:
+        lo, hi = _RHO_RANGE[group]
+        rho = (lo, hi) if convention == "paper" else (round(1 - hi, 10), round(1 - lo, 10))
+    space = SearchSpace(
         group=group,
         convention=convention,
-        tau=_TAU_RANGE,
-        rho=rho,
-        p=(0.0, 1.0),
+        tau=_check_range("tau", tau or _TAU_RANGE, low=0.0, high=None),
+        rho=_check_range("rho", rho, low=0.0, high=1.0),
+        p=_check_range("p", p or (0.0, 1.0), low=0.0, high=1.0),
         summ=_SUMM_RANGE if search_summ else None,
     )
+    return space
+
+
+def _check_range(name: str, bounds: tuple[float, float], *, low: float, high: float | None) -> tuple[float, float]:
+    lo, hi = (float(b) for b in bounds)
+    inside = (lo > low if name == "tau" else lo >= low) and (high is None or hi <= high)
+    if not (inside and lo < hi):
+        allowed = "tau > 0" if name == "tau" else f"{name} in [{low:g}, {high:g}]"
+        raise ConfigError(f"--{name}-range {lo:g} {hi:g} is out of range: needs low < high and {allowed}")
+    return lo, hi
 
 
 def config_from_params(params: dict[str, float], convention: Convention) -> VARConfig | None:

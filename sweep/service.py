@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 import subprocess
 import time
@@ -37,6 +38,9 @@ class SweepRequest:
     metric: str | None = None
     convention: Convention = "paper"
     search_summ: bool = False
+    tau_range: tuple[float, float] | None = None
+    rho_range: tuple[float, float] | None = None
+    p_range: tuple[float, float] | None = None
 
     @property
     def study_name(self) -> str:
@@ -84,11 +88,17 @@ def data_fingerprint(task: Any) -> str:
 
 
 def git_commit() -> str | None:
+    """The commit of the varsweep code that runs: ``VARSWEEP_GIT_COMMIT`` (set in images), else git's answer."""
+    if os.environ.get("VARSWEEP_GIT_COMMIT"):
+        return os.environ["VARSWEEP_GIT_COMMIT"]
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False,
+            cwd=Path(__file__).resolve().parent,
+        )  # fmt: skip
     except OSError:
         return None
-    return out.stdout.strip() or None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def _default_workers() -> int:
@@ -114,9 +124,10 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
     from sweep.tracking import Tracker
     from sweep.tuning import TrialOutcome, completed_trials, open_study, prepare_study, run_search
     from workers.actor import TaskRef, WorkerPool
+    from workers.models import check_model
     from workers.tasks import get_task
 
-    # 1. the task, its splits, its images: everything that can be wrong with the input fails here, first
+    # 1. the input: task, splits, images, model, search space. Anything wrong fails here, before anything is written
     task_ref = TaskRef(name=request.task, data_dir=request.data_dir, split=request.split, limit=request.limit)
     task = get_task(request.task, data_dir=request.data_dir, split=request.split, limit=request.limit)
     metric = request.metric or task.metric
@@ -130,12 +141,15 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
     log.info("checking that every image opens")
     task.check_images()
     fingerprint = data_fingerprint(task)
-    space = space_for(task.group, request.convention, search_summ=request.search_summ)
+    model_key = check_model(request.model)
+    space = space_for(
+        task.group, request.convention, search_summ=request.search_summ,
+        tau=request.tau_range, rho=request.rho_range, p=request.p_range,
+    )  # fmt: skip
 
-    # 2. the stores: settings database, study, MLflow
-    store = Store(settings.database_url)
-    study = open_study(name=request.study_name, url=settings.study_url, direction=direction, seed=request.seed)
-    already = prepare_study(study, space)
+    # 2. the stores: settings database, MLflow, then the study (the first writes of the sweep)
+    store = Store(settings.database_url, retry_seconds=settings.connect_timeout)
+    store.retry_seconds = settings.outage_timeout  # from now on, wait out a restarting database
     workdir = workdir.resolve()
     tracker = Tracker(
         settings.mlflow_tracking_uri,
@@ -143,14 +157,19 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
         spool=workdir / ".varsweep" / f"mlflow-spool-{request.study_name.replace('/', '_').replace(':', '_')}.jsonl",
         timeout=settings.mlflow_timeout,
     )
+    study = open_study(
+        name=request.study_name, url=settings.study_url, direction=direction, seed=request.seed,
+        outage_timeout=settings.outage_timeout,
+    )  # fmt: skip
+    already = prepare_study(study, space)
     sweep_id = store.start_sweep(
-        key=request.study_name, model=request.model, task=request.task, convention=request.convention
+        key=request.study_name, model=model_key, task=request.task, convention=request.convention
     )
     commit = git_commit()
     tracker.start_parent(
         name=f"sweep-{sweep_id[:8]}",
         params={
-            "model": request.model, "task": request.task, "convention": request.convention, "metric": metric,
+            "model": model_key, "task": request.task, "convention": request.convention, "metric": metric,
             "trials": request.trials, "holdout": request.holdout, "seed": request.seed, "limit": request.limit,
             "n_tuning_groups": len(tuning_groups), "n_heldout_groups": len(heldout_groups),
             "n_tuning_examples": len(tuning_task.examples), "n_heldout_examples": len(heldout_task.examples),
@@ -226,7 +245,7 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
         full = {"summ": 0.2, **best.params}
         stored = store.upsert_best(
             BestRecord(
-                model=request.model, task=request.task, convention=request.convention,
+                model=model_key, task=request.task, convention=request.convention,
                 tau=full["tau"], rho=full["rho"], p=full["p"], summ=full["summ"], first_layer=VARConfig().first_layer,
                 metric=metric, direction=direction, tuning_value=float(best.value), heldout_value=float(heldout_value),
                 baseline_heldout=float(baseline_heldout), n_tuning=len(tuning_groups), n_heldout=len(heldout_groups),

@@ -7,6 +7,8 @@
 | ``MLFLOW_TRACKING_URI`` | ``sqlite:///mlruns.db`` (working folder) | MLflow tracking (a server URL in production) |
 | ``RAY_ADDRESS`` | none: start a local Ray | the Ray cluster to join |
 | ``VARSWEEP_MLFLOW_TIMEOUT`` | ``5`` | seconds per MLflow HTTP request before the sweep spools and goes on |
+| ``VARSWEEP_CONNECT_TIMEOUT`` | ``15`` | seconds to reach the database at start before giving up |
+| ``VARSWEEP_OUTAGE_TIMEOUT`` | ``600`` | seconds a running sweep waits for its database to come back |
 
 Passwords have no default and never reach a log line, an MLflow param or a tag: use :func:`redact_url`.
 """
@@ -51,6 +53,8 @@ class Settings(BaseSettings):
     )
     ray_address: str | None = Field(default=None, validation_alias=AliasChoices("RAY_ADDRESS"))
     mlflow_timeout: float = 5.0
+    connect_timeout: float = 15.0
+    outage_timeout: float = 600.0
 
     @field_validator("database_url", "optuna_url")
     @classmethod

@@ -9,13 +9,17 @@ the model lives in the ModelWorker actors, which every trial calls (ECOSYSTEM.md
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from optuna.storages import RDBStorage
 from ray.tune import Callback
 
 from sweep.search import BASELINE, PAPER_DEFAULTS, SearchSpace, config_from_params
@@ -45,7 +49,50 @@ class TrialOutcome:
     var_stats: dict[str, float]
 
 
-def open_study(*, name: str, url: str, direction: str, seed: int) -> Any:
+def _transient(error: BaseException) -> bool:
+    """A lost connection (the server restarting), as opposed to an error a retry cannot fix."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OperationalError) or (isinstance(seen, DBAPIError) and seen.connection_invalidated):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + self.outage_timeout
+        delay = 0.5
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as e:
+                if not _transient(e) or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("study database unreachable (%s); retrying in %.1f s", method.__name__, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    return wrapper
+
+
+class RetryingRDBStorage(RDBStorage):
+    """Optuna's RDBStorage that waits out a restarting database (up to ``outage_timeout`` seconds per call)
+    instead of failing the call: Tune's Optuna searcher logs and drops a failed ``tell``, which would lose a
+    completed trial."""
+
+    outage_timeout: float = 600.0
+
+
+for _name, _method in inspect.getmembers(RDBStorage, inspect.isfunction):
+    if not _name.startswith("_"):
+        setattr(RetryingRDBStorage, _name, _retrying(_method))
+
+
+def open_study(*, name: str, url: str, direction: str, seed: int, outage_timeout: float = 600.0) -> Any:
     """Load or create the study; the TPE sampler is seeded with ``seed`` + the number of trials already in it."""
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
@@ -54,7 +101,8 @@ def open_study(*, name: str, url: str, direction: str, seed: int) -> Any:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        storage = RetryingRDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        storage.outage_timeout = outage_timeout
         try:
             study_id = storage.get_study_id_from_name(name)
         except KeyError:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -70,8 +72,9 @@ def _kill_tree_by_marker(marker: str) -> None:
 class RayHead:
     """``ray start --head`` on loopback with free ports and a temp dir of its own."""
 
-    def __init__(self, temp_dir: Path, *, num_cpus: int = 2) -> None:
-        self.temp_dir = temp_dir
+    def __init__(self, *, num_cpus: int = 2) -> None:
+        # a short path: Ray's unix sockets live under it, and socket paths are limited to 107 bytes
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="vsray-", dir="/tmp"))
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
         self.address = f"127.0.0.1:{self.gcs_port}"
@@ -89,10 +92,13 @@ class RayHead:
             f"--ray-client-server-port={free_port()}", f"--node-manager-port={free_port()}",
             f"--object-manager-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--metrics-export-port={free_port()}", f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus}",
+            f"--metrics-export-port={free_port()}", f"--temp-dir={self.temp_dir}", f"--num-cpus={num_cpus}",
             "--num-gpus=0", "--disable-usage-stats",
         ]  # fmt: skip
-        subprocess.run(command, env=self.env, check=True, capture_output=True, timeout=120)
+        started = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=120)
+        if started.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"ray start failed: {started.stderr[-2000:]}")
         wait_until(self._dashboard_up, timeout=60, what="Ray dashboard")
 
     def _dashboard_up(self) -> bool:
@@ -114,6 +120,7 @@ class RayHead:
 
     def stop(self) -> None:
         _kill_tree_by_marker(str(self.temp_dir))
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 class MlflowServer:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import nn
+from transformers import PretrainedConfig
 
 from var_core.errors import UnsupportedModelError
 
@@ -46,8 +47,9 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-def family_of(model: nn.Module) -> Family:
-    config = getattr(model, "config", None)
+def family_of(model: nn.Module | PretrainedConfig) -> Family:
+    """The family of a model, or of a model's config (so a driver can check a model without loading it)."""
+    config = model if isinstance(model, PretrainedConfig) else getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in FAMILIES:
         raise UnsupportedModelError(
@@ -81,10 +83,12 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
-def image_token_id(model: nn.Module) -> int:
+def image_token_id(model: nn.Module | PretrainedConfig) -> int:
+    """The id of the image placeholder token, from the model's (or the given) config."""
     family = family_of(model)
+    config = model if isinstance(model, PretrainedConfig) else model.config
     for attr in family.image_token_attrs:
-        value = getattr(model.config, attr, None)
+        value = getattr(config, attr, None)
         if isinstance(value, int) and value >= 0:
             return value
     raise UnsupportedModelError(

@@ -48,6 +48,7 @@ __all__ = [
     "LLAVA_CPU_SHAPE",
     "LLAVA_15_7B_SHAPE",
     "load_model",
+    "check_model",
     "plant_sinks",
     "near_tie_answers",
     "build_tiny_llava",
@@ -477,6 +478,35 @@ def load_model(
     if dtype is not None:
         model = model.to(dtype)
     return model.to(device).eval(), processor
+
+
+def check_model(name: str) -> str:
+    """Check, without loading weights, that ``name`` can be swept; returns the key results are stored under.
+
+    A preset is fine as it is. Otherwise the config is read (a local folder, or the hub when reachable): it must
+    be a supported multimodal family with an image token. The key is ``name``, except for a local folder: the
+    hub id recorded in its config when there is one, else the folder's name (DESIGN.md "Contract details").
+    """
+    from transformers import AutoConfig
+
+    if name in PRESETS:
+        return name
+    local = Path(name).expanduser()
+    if not local.is_dir() and os.sep in name and not _looks_like_hub_id(name):
+        raise ModelLoadError(f"model {name!r}: no such folder, and not a preset ({', '.join(PRESETS)})")
+    try:
+        config = AutoConfig.from_pretrained(str(local) if local.is_dir() else name)
+    except (OSError, ValueError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(
+            f"cannot load model {name!r} (not a preset: {', '.join(PRESETS)}; not a local folder with a "
+            f"config.json; hub: {first_line})"
+        ) from e
+    image_token_id(config)  # raises for an unsupported family or a config without an image token
+    if not local.is_dir():
+        return name
+    recorded = str(getattr(config, "_name_or_path", "") or "")
+    return recorded if _looks_like_hub_id(recorded) and not Path(recorded).exists() else local.resolve().name
 
 
 def _from_pretrained(name: str, *, dtype: torch.dtype | None) -> tuple[nn.Module, ProcessorMixin]:

@@ -92,7 +92,7 @@ def test_embedded_defaults_no_servers(tmp_path):
 
 @pytest.fixture()
 def cluster(tmp_path):
-    head = RayHead(tmp_path / "ray")
+    head = RayHead()
     mlflow = None
     try:
         mlflow = MlflowServer(tmp_path / "mlflow")
