@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 __all__ = ["main", "build_parser"]
 
@@ -33,6 +34,13 @@ class CLIUsageError(Exception):
     """A command-line value is wrong (exit 2)."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line on stderr (no usage dump), like every other error of the CLI."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CLIUsageError(f"{message} (see {self.prog} --help)")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -41,7 +49,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python sweep/main.py",
         description=(
             "Tune VAR (Visual Attention Redistribution: tau, rho, p) for one model and one benchmark task. "
@@ -79,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_best_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python sweep/main.py best", description="List the best VAR settings kept in the settings database."
     )
     parser.add_argument("--model")

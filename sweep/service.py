@@ -119,6 +119,9 @@ def _connect_ray(settings: Settings) -> None:
 
 def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path(".")) -> SweepOutcome:
     """Run (or resume) the sweep described by ``request``."""
+    import ray
+
+    from sweep import figures
     from sweep.search import config_from_params, space_for
     from sweep.store import BestRecord, Store
     from sweep.tracking import Tracker
@@ -211,12 +214,14 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
                     outcome.params.get("rho", float("nan")), outcome.params.get("p", float("nan")),
                     outcome.var_stats.get("selected_share", 0.0), outcome.var_stats.get("mass_moved_per_row", 0.0),
                 )  # fmt: skip
-                tracker.log_trial(
+                run_id = tracker.log_trial(
                     number=outcome.number,
                     role=outcome.role,
                     params=outcome.params,
                     metrics={**outcome.metrics, **{f"var.{k}": v for k, v in outcome.var_stats.items()}},
                 )
+                if run_id is not None and outcome.role != "baseline":
+                    figures.log_layer_head(tracker, run_id, outcome.layer_head)
 
             log.info("study %s: %d of %d trials complete", request.study_name, already, request.trials)
             ran = run_search(
@@ -234,8 +239,13 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
             heldout_results = pool.evaluate([None, best_config], "heldout")
             baseline_heldout = heldout_task.score(heldout_results[0].answers)[metric]
             heldout_value = heldout_task.score(heldout_results[1].answers)[metric]
+
+            # 6. pictures: the search, and what the best configuration (or the paper's, if VAR off won) does
+            shown = best_config or config_from_params(space.paper_defaults(), request.convention)
+            capture = ray.get(pool.actors[0].capture.remote(shown, "heldout"))
         finally:
             pool.shutdown()
+        figures.log_sweep(tracker, study, capture, best_run=tracker.find_trial(best.number))
 
         tracker.tag_trial(best.number, "varsweep.best", "true")
         tracker.log_parent(

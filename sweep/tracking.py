@@ -46,8 +46,8 @@ class Tracker:
         self.uri = uri
         self.spool = spool
         self._warned = False
-        self.client = MlflowClient(tracking_uri=uri)
         try:
+            self.client = MlflowClient(tracking_uri=uri)
             existing = self.client.get_experiment_by_name(experiment)
             self.experiment_id = (
                 existing.experiment_id if existing is not None else self.client.create_experiment(experiment)
@@ -175,6 +175,14 @@ class Tracker:
         self._log(run_id, params=record["params"], metrics=record["metrics"])
         self.client.set_terminated(run_id)
         return run_id
+
+    def find_trial(self, number: int) -> str | None:
+        """The run id of trial ``number`` of this sweep, or None (not logged, or MLflow away)."""
+        try:
+            return self._find_trial(number)
+        except Exception as e:
+            self._warn(e)
+            return None
 
     def _find_trial(self, number: int) -> str | None:
         if self.parent_id is None:

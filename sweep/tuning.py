@@ -13,6 +13,7 @@ import functools
 import inspect
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class TrialOutcome:
     objective: float
     metrics: dict[str, float]
     var_stats: dict[str, float]
+    layer_head: dict[str, list[list[float]]]  # "selected_share", "mean_ratio": [layers][heads]
 
 
 def _transient(error: BaseException) -> bool:
@@ -172,12 +174,18 @@ def _trial_fn(config: dict[str, Any], *, actors: list[Any], task: Any, metric: s
     result = merge_results(ray.get([a.evaluate.remote([var_config], "tuning") for a in actors]))[0]
     scores = task.score(result.answers)
     # VAR off selects and moves nothing: its statistics are zeros, so runs compare column by column
-    stats = (result.stats or VARStats.empty(1, 1, 1)).summary()
+    stats = result.stats or VARStats.empty(1, 1, 1)
+    layer_head = {"selected_share": stats.selected_share[0].tolist(), "mean_ratio": stats.mean_ratio[0].tolist()}
     value = scores[metric]
     if not math.isfinite(value):
         raise VarsweepError(f"metric {metric} is {value} for {config}")
     tune.report(
-        {OBJECTIVE: value, **{f"metric/{k}": v for k, v in scores.items()}, **{f"var/{k}": v for k, v in stats.items()}}
+        {
+            OBJECTIVE: value,
+            **{f"metric/{k}": v for k, v in scores.items()},
+            **{f"var/{k}": v for k, v in stats.summary().items()},
+            "layer_head": layer_head,
+        }
     )
 
 
@@ -202,6 +210,12 @@ def run_search(
     remaining = trials - len(completed_trials(study))
     if remaining <= 0:
         return 0
+    # Ctrl-C must reach the sweep (which fails the running trial and stops the workers) rather than Tune's own
+    # handler, which ends fit() quietly and would let the sweep go on to a held-out run. Tune's per-trial
+    # CSV/JSON/TensorBoard files and its console tables are not wanted: MLflow and our log lines replace them.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
     searcher = OptunaSearch(
         space=_DefineByRun(space),
@@ -243,6 +257,7 @@ def _outcome(config: Mapping[str, Any], result: Mapping[str, Any]) -> TrialOutco
         objective=float(result[OBJECTIVE]),
         metrics={k.split("/", 1)[1]: float(v) for k, v in result.items() if k.startswith("metric/")},
         var_stats={k.split("/", 1)[1]: float(v) for k, v in result.items() if k.startswith("var/")},
+        layer_head=dict(result.get("layer_head", {})),
     )
 
 

@@ -124,10 +124,10 @@ class RayHead:
 
 
 class MlflowServer:
-    """``mlflow server`` with a SQLite backend and local artifacts, on a free loopback port."""
+    """``mlflow server`` with a SQLite backend and local artifacts, on a free loopback port (or ``port``)."""
 
-    def __init__(self, root: Path) -> None:
-        self.port = free_port()
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         root.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
@@ -158,3 +158,41 @@ class MlflowServer:
             self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
+
+
+class ThrowawayPostgres:
+    """A PostgreSQL server of our own (``initdb`` + ``pg_ctl`` on a free port), so a test may stop and restart it.
+
+    Runs as the ``postgres`` system user when started as root (initdb refuses root).
+    """
+
+    def __init__(self, root: Path) -> None:
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+        if not bins:
+            raise RuntimeError("no PostgreSQL server binaries under /usr/lib/postgresql")
+        self.bin = bins[-1].parent
+        self.root = root
+        self.data = root / "data"
+        self.port = free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        root.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(root, "postgres", "postgres")
+        self._as_postgres([str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres"])
+        self.start()
+
+    def _as_postgres(self, command: list[str]) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run(prefix + command, check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        self._as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l",
+                           str(self.root / "log"), "-w", "start"])  # fmt: skip
+
+    def stop(self, mode: str = "fast") -> None:
+        self._as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop"])
+
+    def close(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop("immediate")

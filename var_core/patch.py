@@ -17,7 +17,8 @@ passed explicitly (``model(..., var_state=state)``) by callers that reuse a pref
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -43,7 +44,7 @@ from var_core.ops import (
 from var_core.sink_dims import resolve_sink_dims
 from var_core.stats import VARStats
 
-__all__ = ["patch", "VARHandle", "VARState", "AttentionPath"]
+__all__ = ["patch", "VARHandle", "VARState", "AttentionPath", "LayerCapture"]
 
 AttentionPath = Literal["fast", "eager"]
 _SUPPORTED_BASES = ("sdpa", "eager")
@@ -148,6 +149,17 @@ def _pad_keys(mask: torch.Tensor, n_keys: int) -> torch.Tensor:
     return torch.nn.functional.pad(mask, (0, n_keys - mask.shape[1]), value=False)
 
 
+@dataclass(frozen=True)
+class LayerCapture:
+    """One layer's attention for the last query row of a forward call, before and after VAR (CPU tensors)."""
+
+    before: torch.Tensor  # [B, H, K] probabilities, VAR not yet applied in this layer
+    after: torch.Tensor  # [B, H, K] after redistribution
+    selected: torch.Tensor  # [B, H] heads selected for this row
+    visual: torch.Tensor  # [B, K] image-token keys
+    sinks: torch.Tensor  # [B, K] sink keys of this layer
+
+
 class VARHandle:
     """A VAR patch on one model. Undo is API: :meth:`disable`, :meth:`enable`, :meth:`remove`, ``with``."""
 
@@ -177,6 +189,7 @@ class VARHandle:
         self._params_cache: dict[tuple[int, str], RowParams] = {}
         self._stats: VARStats | None = None
         self.collect_stats = False
+        self._captured: dict[int, LayerCapture] | None = None
         self._states: weakref.WeakKeyDictionary[object, VARState] = weakref.WeakKeyDictionary()
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self.set(config)
@@ -212,6 +225,20 @@ class VARHandle:
         if reset:
             self._stats = None
         return stats
+
+    @contextmanager
+    def capture(self) -> Iterator[dict[int, LayerCapture]]:
+        """Record, for every layer VAR may modify, the last query row's attention before and after VAR.
+
+        The dict fills during the forward calls made inside the ``with`` block (the last call wins) and is no
+        longer written to after it; nothing is recorded outside it.
+        """
+        captured: dict[int, LayerCapture] = {}
+        self._captured = captured
+        try:
+            yield captured
+        finally:
+            self._captured = None
 
     def new_state(self, prompt_len: int | None = None) -> VARState:
         """A fresh per-sequence state, for callers that pass ``var_state=`` themselves."""
@@ -343,6 +370,14 @@ class VARHandle:
         result = redistribute_rows(probs, visual, sinks, modifiable[:, first:], params)
         if self.collect_stats:
             self._record_stats(layer, state, result, visual, sinks, modifiable[:, first:])
+        if self._captured is not None and bool(modifiable[:, -1].any()):
+            self._captured[layer] = LayerCapture(
+                before=probs[:, :, -1].float().cpu(),
+                after=result.attn[:, :, -1].float().cpu(),
+                selected=result.selected[:, :, -1].cpu(),
+                visual=visual.cpu(),
+                sinks=sinks.cpu(),
+            )
         values = repeat_kv(value, module.num_key_value_groups)
         outputs.append(torch.matmul(result.attn.to(value.dtype), values).transpose(1, 2))
         out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)

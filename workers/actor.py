@@ -134,6 +134,11 @@ class ModelWorker:
                 future.set_result(results[start : start + len(configs)])
                 start += len(configs)
 
+    async def capture(self, config: VARConfig, split: str, index: int = 0) -> dict[str, Any]:
+        """Attention before/after VAR on example ``index`` of ``split`` (see ``EvalEngine.capture``)."""
+        async with self._lock:
+            return await asyncio.to_thread(self.engine.capture, self.task, self.shard[split][index], config)
+
     async def counters(self) -> dict[str, int]:
         return {"calls": self.calls, "batches": self.batches, "prepared": self.engine.cache_stats.prepared}
 

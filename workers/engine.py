@@ -224,6 +224,51 @@ class EvalEngine:
                 )
         return results
 
+    @torch.no_grad()
+    def capture(self, task: Task, example: Example, config: VARConfig) -> dict[str, Any]:
+        """The last prompt token's attention on the image, before and after VAR, in every layer VAR modifies.
+
+        Plain data (numpy) in the fields of ``dashboards.AttentionCapture``: the image as shown (fitted to the
+        token grid), the grid, the layers, per layer the visual sinks, the attention before/after per head, and
+        the heads selected.
+        """
+        import numpy as np
+        from PIL import ImageOps
+
+        _, inputs = self._inputs(task, example)
+        self.handle.enable()
+        self.handle.set(config)
+        with self.handle.capture() as layers:
+            self.model(**inputs, logits_to_keep=1)
+        if not layers:
+            raise VarsweepError(f"VAR modified no layer of example {example.id} under {config}")
+        image_positions = (inputs["input_ids"][0] == self._image_token_id).nonzero().flatten().cpu()
+        order = sorted(layers)
+        if "image_grid_thw" in inputs:  # Qwen2-VL: patches merged merge x merge into one token
+            merge = int(self.model.config.vision_config.spatial_merge_size)
+            _, rows, cols = (int(v) for v in inputs["image_grid_thw"][0])
+            grid = (rows // merge, cols // merge)
+        else:
+            side = int(round(len(image_positions) ** 0.5))
+            grid = (side, len(image_positions) // max(side, 1))
+        cell = max(1, 448 // max(grid))
+        shown = ImageOps.fit(example.image.load(), (grid[1] * cell, grid[0] * cell))
+
+        def stack(part: str) -> np.ndarray:
+            return np.stack([getattr(layers[layer], part)[0][:, image_positions].numpy() for layer in order])
+
+        return {
+            "image": np.asarray(shown, dtype=np.uint8),
+            "grid": grid,
+            "layers": tuple(order),
+            "visual_sinks": np.stack([layers[layer].sinks[0][image_positions].numpy() for layer in order]),
+            "before": stack("before"),
+            "after": stack("after"),
+            "selected": np.stack([layers[layer].selected[0].numpy() for layer in order]),
+            "title": f"{task.name} {example.id}: tau {config.tau:.1f}, rho {config.rho:.2f}, p {config.p:.2f} "
+            f"({config.convention})",
+        }
+
     # ------------------------------------------------------------------ internals
     def _eos_ids(self) -> set[int]:
         ids = set()

@@ -117,3 +117,27 @@ def test_cache_budget_evicts_and_recomputes_identically(tiny, mmvp):
         assert tight.cache_stats.prepared == 2 * len(mmvp.examples)
     finally:
         tight.close()
+
+
+def test_capture_before_after_for_dashboards(tiny, mmvp):
+    _, model, processor = tiny
+    engine = EvalEngine(model, processor)
+    try:
+        config = VARConfig(p=0.9)
+        data = engine.capture(mmvp, mmvp.examples[0], config)
+    finally:
+        engine.close()
+    n_layers = len(data["layers"])
+    rows, cols = data["grid"]
+    heads = model.config.get_text_config().num_attention_heads
+    assert data["layers"] == (2,)  # 4 layers, first_layer 2, the last excluded
+    assert data["before"].shape == data["after"].shape == (n_layers, heads, rows * cols)
+    assert data["visual_sinks"].shape == (n_layers, rows * cols) and data["visual_sinks"].any()
+    assert data["selected"].any()
+    selected = data["selected"][0]
+    sinks = data["visual_sinks"][0]
+    # selected heads: visual sinks lose exactly 90% of their attention; the other image tokens gain
+    before, after = data["before"][0][selected], data["after"][0][selected]
+    assert abs(after[:, sinks] - 0.1 * before[:, sinks]).max() < 1e-6
+    assert (after[:, ~sinks] >= before[:, ~sinks] - 1e-7).all() and (after[:, ~sinks] > before[:, ~sinks]).any()
+    assert data["image"].dtype.name == "uint8" and data["image"].shape[2] == 3
