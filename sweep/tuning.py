@@ -89,8 +89,12 @@ class RetryingRDBStorage(RDBStorage):
     outage_timeout: float = 600.0
 
 
+# The public API, and the private methods Optuna's _CachedStorage calls on its backend (each opens a session).
+_CACHE_CALLS = {"_create_new_trial", "_get_best_trial_id", "_get_stale_trial_ids", "_get_trials", "_set_trial_param"}
 for _name, _method in inspect.getmembers(RDBStorage, inspect.isfunction):
-    if not _name.startswith("_"):
+    if isinstance(inspect.getattr_static(RDBStorage, _name), staticmethod | classmethod):
+        continue
+    if not _name.startswith("_") or _name in _CACHE_CALLS:
         setattr(RetryingRDBStorage, _name, _retrying(_method))
 
 
