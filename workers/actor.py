@@ -143,9 +143,15 @@ class ModelWorker:
         return {"calls": self.calls, "batches": self.batches, "prepared": self.engine.cache_stats.prepared}
 
 
-def merge_results(per_worker: Sequence[Sequence[Any]]) -> list[Any]:
-    """Join the workers' ``ConfigResult`` lists (same configs, disjoint examples) into one list."""
+def merge_results(per_worker: Sequence[Sequence[Any]], order: Sequence[str] | None = None) -> list[Any]:
+    """Join the workers' ``ConfigResult`` lists (same configs, disjoint examples) into one list.
+
+    With ``order`` (example ids), every per-example dict follows it, whatever worker answered first.
+    """
     from workers.engine import ConfigResult
+
+    def ordered(parts: dict[str, Any]) -> dict[str, Any]:
+        return parts if order is None else {i: parts[i] for i in order if i in parts}
 
     merged = []
     for parts in zip(*per_worker, strict=True):
@@ -156,6 +162,9 @@ def merge_results(per_worker: Sequence[Sequence[Any]]) -> list[Any]:
             result.tokens.update(part.tokens)
             if part.stats is not None:
                 result.stats = part.stats if result.stats is None else result.stats + part.stats
+        result.answers, result.choices, result.tokens = (
+            ordered(result.answers), ordered(result.choices), ordered(result.tokens)
+        )
         merged.append(result)
     return merged
 
@@ -186,6 +195,7 @@ class WorkerPool:
             max_task_retries=max_restarts,
             max_concurrency=64,
         )
+        self.order = {name: [e.id for e in examples] for name, examples in splits.items()}
         shards: list[dict[str, list[str]]] = [{name: [] for name in splits} for _ in range(workers)]
         for name, examples in splits.items():
             groups = list(dict.fromkeys(e.group for e in examples))
@@ -219,11 +229,8 @@ class WorkerPool:
         """Every configuration on every worker's shard of ``split``, merged, in the order of ``configs``."""
         import ray
 
-        return merge_results(ray.get([a.evaluate.remote(list(configs), split) for a in self.actors]))
-
-    def evaluate_async(self, configs: Sequence[VARConfig | None], split: str) -> list[Any]:
-        """The object refs of :meth:`evaluate`'s calls (for callers that bound their own in-flight work)."""
-        return [a.evaluate.remote(list(configs), split) for a in self.actors]
+        per_worker = ray.get([a.evaluate.remote(list(configs), split) for a in self.actors])
+        return merge_results(per_worker, order=self.order[split])
 
     def shutdown(self) -> None:
         import ray
