@@ -71,13 +71,15 @@ def main() -> None:
 
     model, processor = build_tiny_llava(shape, device=device, dtype=dtype)
     plant_sinks(model, processor)
-    near_tie_answers(model, processor)
     configs = sample_configs(args.configs)
     with tempfile.TemporaryDirectory() as tmp:
         write_mmvp_folder(tmp, pairs=(args.examples + 1) // 2, size=shape.image_size)
         task = get_task("mmvp", data_dir=tmp)
         examples = list(task.examples[: args.examples])
         engine = EvalEngine(model, processor, max_batch=len(configs))
+        # a random model answers every question alike; near-tied answer rows, calibrated on this prompt format,
+        # make answers depend on the input (see near_tie_answers)
+        near_tie_answers(model, processor, calibration=engine._inputs(task, examples[0])[1])
         handle = engine.handle
         inputs = {e.id: engine._inputs(task, e)[1] for e in examples}
         option_ids = {e.id: engine._compute_prefix(task, e).option_ids for e in examples}

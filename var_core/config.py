@@ -12,8 +12,8 @@ Two conventions share one config (../shared/VAR.md sections 4 and 6):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Literal
 
 from var_core.errors import ConfigError
 
@@ -69,12 +69,6 @@ class VARConfig:
         """Fraction of its attention a sink keeps in a selected row (paper: 1 - p; official: p)."""
         p = float(self.p)  # type: ignore[arg-type]  # resolved in __post_init__
         return 1.0 - p if self.convention == "paper" else p
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def replace(self, **changes: Any) -> VARConfig:
-        return replace(self, **changes)
 
 
 def paper_defaults(task_group: str, convention: Convention = "paper") -> VARConfig:

@@ -71,10 +71,6 @@ class VARState:
     _call_start: int = 0
     _call_len: int = 0
 
-    @property
-    def in_prompt(self) -> bool:
-        return self.prompt_len is None or self.seen < self.prompt_len
-
     def expand(self, n: int) -> VARState:
         """This state for ``n`` copies of a single-row batch (views, no copies): one row per configuration."""
         if self.visual is None or self.visual.shape[0] != 1:
@@ -110,7 +106,6 @@ class VARState:
         )
         if self.visual is None:
             self.visual, self.candidate = visual, real
-            self.image_end = torch.zeros(batch, dtype=torch.long, device=ids.device)
         else:
             if self.visual.shape[0] != batch:
                 raise VarsweepError(f"batch of {batch} rows continues a VARState of {self.visual.shape[0]} rows")
@@ -243,10 +238,6 @@ class VARHandle:
     def new_state(self, prompt_len: int | None = None) -> VARState:
         """A fresh per-sequence state, for callers that pass ``var_state=`` themselves."""
         return VARState(prompt_len=prompt_len)
-
-    def state_for(self, cache: object) -> VARState | None:
-        """The state attached to a KV cache by an earlier forward, if any."""
-        return self._states.get(cache)
 
     def remove(self) -> None:
         """Take every hook and the attention routing out of the model."""

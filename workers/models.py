@@ -12,7 +12,7 @@ tokens get a massive value in :data:`TINY_SINK_DIMS`, recorded in ``config.text_
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from transformers import (
 )
 
 from var_core.errors import VarsweepError
-from var_core.families import backbone, family_of, image_token_id
+from var_core.families import backbone, decoder_layers, family_of, image_token_id
 
 __all__ = [
     "PRESETS",
@@ -354,6 +354,7 @@ class PlantedSinks:
         magnitude: float,
         token_ids: Sequence[int],
         image_positions: Sequence[int],
+        attention_gain: float = 1.0,
     ) -> None:
         if len(dims) != len(weights):
             raise VarsweepError(f"plant_sinks: {len(dims)} dims but {len(weights)} weights")
@@ -362,6 +363,13 @@ class PlantedSinks:
         self._add[list(dims)] = torch.tensor([magnitude * w for w in weights])
         self._image_id = image_token_id(model)
         self._pending: torch.Tensor | None = None  # [B, T] planted positions of the call in flight
+        # Real massive-activation tokens draw attention (they are attention sinks): scaling the key weights of the
+        # sink dimensions gives their keys a large norm, so many heads attend to them, as in real LLMs.
+        self._key_weights = [layer.self_attn.k_proj.weight for layer in decoder_layers(model)]
+        self._gain = attention_gain
+        with torch.no_grad():
+            for weight in self._key_weights:
+                weight[:, list(dims)] *= attention_gain
         outer = backbone(model)
         inner = outer.language_model
         self._hooks = [
@@ -393,6 +401,10 @@ class PlantedSinks:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
+        with torch.no_grad():
+            for weight in self._key_weights:
+                weight[:, list(self.dims)] /= self._gain
+        self._key_weights = []
 
 
 def plant_sinks(
@@ -404,11 +416,13 @@ def plant_sinks(
     magnitude: float = 30.0,
     text_tokens: Sequence[str] | None = None,
     image_positions: Sequence[int] = (5, 27, 44),
+    attention_gain: float = 8.0,
 ) -> PlantedSinks:
     """Plant massive activations in ``dims`` on BOS-like, newline and period tokens and a few image tokens.
 
     The first dim gets the full ``magnitude``, the others a third of it, so phi approaches ~0.95 sqrt(D) on the
-    sinks (real LLaVA-1.5-7B: phi ~ 50 against ~ 5 elsewhere). Records ``dims`` as
+    sinks (real LLaVA-1.5-7B: phi ~ 50 against ~ 5 elsewhere). ``attention_gain`` scales the key weights of those
+    dims in every layer so that the sinks draw attention, as real sinks do. Records ``dims`` as
     ``config.text_config.sink_dims`` so that :func:`var_core.patch` uses them.
     """
     tokenizer = processor.tokenizer
@@ -420,7 +434,13 @@ def plant_sinks(
         raise VarsweepError(f"plant_sinks: some of {list(text_tokens)} are not tokens of this tokenizer")
     weights = tuple(weights) if weights is not None else (1.0,) + (1 / 3,) * (len(dims) - 1)
     planted = PlantedSinks(
-        model, dims=dims, weights=weights, magnitude=magnitude, token_ids=ids, image_positions=image_positions
+        model,
+        dims=dims,
+        weights=weights,
+        magnitude=magnitude,
+        token_ids=ids,
+        image_positions=image_positions,
+        attention_gain=attention_gain,
     )
     model.config.get_text_config().sink_dims = list(dims)
     return planted
@@ -433,21 +453,41 @@ ANSWER_TOKENS = ("ĠA", "ĠB", "ĠC", "ĠD", "ĠYes", "ĠNo", "A", "B", "C", "D"
 
 @torch.no_grad()
 def near_tie_answers(
-    model: nn.Module, processor: ProcessorMixin, *, tokens: Sequence[str] = ANSWER_TOKENS, seed: int = 1
+    model: nn.Module,
+    processor: ProcessorMixin,
+    *,
+    tokens: Sequence[str] = ANSWER_TOKENS,
+    calibration: Mapping[str, torch.Tensor] | None = None,
+    seed: int = 1,
 ) -> None:
-    """Give the answer tokens' output rows a shared row plus a small random difference of their own.
+    """Give the answer tokens' output rows a shared row plus small random differences that the final state's
+    prompt-independent part does not see.
 
-    A random LM head adds a fixed, input-independent margin between two answers that usually dwarfs what the
-    image or VAR changes, so a random model answers every question alike. Near-tied rows make answers hinge on
-    small changes of the final state, as real models' do on hard questions; the sweep then has something to tune.
+    A random LM head adds a fixed margin between two answers that dwarfs what the image or VAR changes, so a random
+    model answers every question alike. Here the rows differ only in directions orthogonal to the final state of a
+    calibration prompt (one forward), so answers hinge on what varies between inputs, as real models' answers do
+    on hard questions; a sweep then has something to tune and VAR can change answers.
     """
+    from PIL import Image
+
     tokenizer = processor.tokenizer
     ids = [tokenizer.convert_tokens_to_ids(t) for t in tokens]
     ids = [i for i in ids if i is not None and i != tokenizer.unk_token_id]
+    device = next(model.parameters()).device
+    if calibration is None:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is it red?"}]}]
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        calibration = processor(images=Image.new("RGB", (64, 64), (128, 128, 128)), text=prompt, return_tensors="pt")
+    inputs = {k: v.to(device) for k, v in calibration.items()}
+    inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
+    common = model(**inputs, output_hidden_states=True).hidden_states[-1][0, -1].float()
+    common = common / common.norm()
     weight = model.get_output_embeddings().weight
     generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(len(ids), weight.shape[1], generator=generator).to(weight.device, weight.dtype)
-    weight[ids] = weight[ids].mean(dim=0) + 0.05 * weight[ids].std() * noise
+    noise = torch.randn(len(ids), weight.shape[1], generator=generator).to(device)
+    noise -= (noise @ common)[:, None] * common[None, :]
+    rows = weight[ids].float()
+    weight[ids] = (rows.mean(dim=0) + 0.05 * rows.std() * noise).to(weight.dtype)
 
 
 PRESETS = {"tiny-llava": build_tiny_llava, "tiny-qwen2-vl": build_tiny_qwen2_vl}

@@ -221,8 +221,8 @@ def test_registry_rejects_duplicates_and_loads_lazily():
 
 
 def test_get_task_needs_an_existing_data_dir(tmp_path):
-    with pytest.raises(DataError, match="task 'mmvp' needs data_dir"):
-        get_task("mmvp")
+    with pytest.raises(DataError, match="task 'pope' needs data_dir.*hub downloads are known for cv_bench, mmvp"):
+        get_task("pope")
     with pytest.raises(DataError, match="is not a folder"):
         get_task("mmvp", tmp_path / "absent")
 
@@ -235,3 +235,30 @@ def test_tasks_pickle_for_workers(loaded):
     assert again.text(again.examples[0]) == task.text(task.examples[0])
     predictions = some_predictions(task)
     assert again.score(predictions).keys() == task.score(predictions).keys()
+
+
+def test_hub_dataset_is_downloaded_then_read_by_the_same_loader(tmp_path, monkeypatch):
+    """``hf://`` goes through huggingface_hub.snapshot_download (here answered from a local copy: no network)."""
+    import huggingface_hub
+    from tasks.task_fixtures import write_cv_bench
+
+    copy = write_cv_bench(tmp_path / "hub-copy", fmt="parquet")
+    asked = []
+
+    def fake_download(repo_id, *, repo_type, allow_patterns):
+        asked.append((repo_id, repo_type, tuple(allow_patterns)))
+        return str(copy)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    from_hub = get_task("cv_bench", data_dir="hf://nyu-visionx/CV-Bench")
+    assert asked[0][:2] == ("nyu-visionx/CV-Bench", "dataset") and "test_2d.parquet" in asked[0][2]
+    local = get_task("cv_bench", data_dir=copy)
+    assert [e.id for e in from_hub.examples] == [e.id for e in local.examples]
+    get_task("cv_bench")  # no data_dir: the task's default dataset
+    assert asked[1][0] == "nyu-visionx/CV-Bench"
+
+
+def test_hub_unreachable_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="cannot download dataset 'lmms-lab-eval/MMVP' for task 'mmvp'"):
+        get_task("mmvp", data_dir="hf://lmms-lab-eval/MMVP")

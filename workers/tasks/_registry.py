@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 
 from workers.tasks._base import Task
 from workers.tasks._errors import DataError, DuplicateTaskError, UnknownTaskError
+from workers.tasks._hub import resolve_data_dir
 
 __all__ = ["Registry", "TASKS", "get_task", "task_names"]
 
@@ -89,11 +90,12 @@ def get_task(
     limit: int | None = None,
     **options: Any,
 ) -> Task:
-    """Load benchmark ``name`` from the local folder ``data_dir`` that directly holds its files.
+    """Load benchmark ``name`` from the folder ``data_dir`` that directly holds its files, or from the hub.
 
     Args:
         name: one of :func:`task_names`. data_dir: the benchmark's folder in its real layout (docs/tasks.md
-        lists each one). split: the task's split, where it has one (POPE: random/popular/adversarial;
+        lists each one), or ``hf://<owner>/<dataset>`` (None: the task's default hub dataset, where it has one;
+        see :mod:`workers.tasks._hub`). split: the task's split, where it has one (POPE: random/popular/adversarial;
         CV-Bench: 2D/3D); None = all. limit: keep the first ``limit`` groups (MMVP pairs, POPE images, ...),
         not examples. options: task-specific keywords (e.g. MMVP ``variant``, POPE ``image_dir``, CHAIR
         ``parser``).
@@ -103,9 +105,7 @@ def get_task(
         DataError: ``data_dir`` is missing or a file in it is malformed (the message names file and row).
     """
     loader = TASKS.get(name)
-    if data_dir is None:
-        raise DataError(f"task {name!r} needs data_dir: the folder that directly holds the benchmark's files")
-    root = Path(data_dir)
+    root = resolve_data_dir(name, data_dir)
     if not root.is_dir():
         raise DataError(f"{root}: data_dir of task {name!r} is not a folder")
     return loader(root, split=split, limit=limit, **options)
