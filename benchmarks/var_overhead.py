@@ -1,7 +1,8 @@
 """Generate time with VAR: unpatched SDPA vs the VAR fast path vs the eager reference (the released code's way).
 
 One run measures all three side by side, interleaved, on a LLaVA-1.5-shaped model with planted sinks: 576 image
-tokens (CLIP at 336 px / 14), ~40 prompt text tokens, 20 new tokens. Prints a table of medians and ratios, and
+tokens (CLIP at 336 px / 14), ~50 prompt text tokens (LLaVA's system prompt, a short question), 20 new tokens.
+Prints a table of medians and ratios, and
 the selected share and attention mass moved, so that it is visible that VAR acted.
 
     python benchmarks/var_overhead.py                      # CPU-scaled model (2 cores: ~2 minutes)
