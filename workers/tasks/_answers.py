@@ -9,6 +9,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from functools import cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from workers.tasks._base import Example
 
 __all__ = [
     "extract_letter",
@@ -184,3 +188,8 @@ def parse_rating(reply: str) -> int | None:
     """
     found = [score for score in range(7) if f"rating: {score}" in reply.lower()]
     return found[0] if len(found) == 1 else None
+
+
+def letter_option(example: Example, raw: str) -> str | None:
+    """The option letter of ``example`` that ``raw`` names (:func:`extract_letter` over its options)."""
+    return extract_letter(raw, example.options or ())

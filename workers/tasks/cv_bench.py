@@ -26,7 +26,7 @@ import string
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from workers.tasks._answers import extract_letter
+from workers.tasks._answers import letter_option
 from workers.tasks._base import Example, ImageRef, Task, TaskSpec, check_split, keep_first_groups
 from workers.tasks._errors import DataError
 from workers.tasks._io import Record, get_field, read_parquet, read_records, unique_ids
@@ -68,7 +68,7 @@ def load_cv_bench(data_dir: Path, *, split: str | None = None, limit: int | None
         examples=keep_first_groups(examples, limit),
         text=_text,
         scorer=_score,
-        option_parser=_parse_option,
+        option_parser=letter_option,
         metadata={"formats": formats},
     )
 
@@ -99,12 +99,8 @@ def _text(example: Example) -> str:
     return example.question + SUFFIX
 
 
-def _parse_option(example: Example, raw: str) -> str | None:
-    return extract_letter(raw, example.options or ())
-
-
 def _score(examples: Sequence[Example], predictions: Mapping[str, str]) -> dict[str, float]:
-    parsed = [_parse_option(e, predictions[e.id]) for e in examples]
+    parsed = [letter_option(e, predictions[e.id]) for e in examples]
     correct = [float(p == e.answer) for p, e in zip(parsed, examples, strict=True)]
     metrics: dict[str, float] = {}
     metrics["accuracy"], metrics["accuracy_stderr"] = clustered_mean([e.group for e in examples], correct)

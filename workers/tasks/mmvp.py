@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from var_core.errors import ConfigError
-from workers.tasks._answers import extract_letter
+from workers.tasks._answers import letter_option
 from workers.tasks._base import Example, ImageRef, Task, TaskSpec, check_split, keep_first_groups
 from workers.tasks._errors import DataError
 from workers.tasks._io import Record, read_csv_rows, read_parquet
@@ -82,7 +82,7 @@ def load_mmvp(
         examples=keep_first_groups(examples, limit),
         text=_text,
         scorer=_score,
-        option_parser=_parse_option,
+        option_parser=letter_option,
         metadata={"variant": variant, "source": source, "n_pairs_total": len(examples) // 2},
     )
 
@@ -179,12 +179,8 @@ def _text(example: Example) -> str:
     return f"{example.question}\nA. {first}\nB. {second}{SUFFIX}"
 
 
-def _parse_option(example: Example, raw: str) -> str | None:
-    return extract_letter(raw, example.options or ())
-
-
 def _score(examples: Sequence[Example], predictions: Mapping[str, str]) -> dict[str, float]:
-    parsed = [_parse_option(e, predictions[e.id]) for e in examples]
+    parsed = [letter_option(e, predictions[e.id]) for e in examples]
     correct = [float(p == e.answer) for p, e in zip(parsed, examples, strict=True)]
     pair_right: dict[str, float] = {}
     for example, right in zip(examples, correct, strict=True):
