@@ -474,10 +474,12 @@ def near_tie_answers(
     ids = [tokenizer.convert_tokens_to_ids(t) for t in tokens]
     ids = [i for i in ids if i is not None and i != tokenizer.unk_token_id]
     device = next(model.parameters()).device
-    if calibration is None:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is it red?"}]}]
-        prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        calibration = processor(images=Image.new("RGB", (64, 64), (128, 128, 128)), text=prompt, return_tensors="pt")
+    if calibration is None:  # an option question in the model family's benchmark prompt format
+        from workers.tasks import render_prompt
+
+        text = "Is the circle red or blue?\nA. Red\nB. Blue\nAnswer with the option's letter from the given choices directly."
+        prompt = render_prompt(text, processor=processor, family=family_of(model).name)
+        calibration = processor(images=Image.new("RGB", (112, 112), (128, 128, 128)), text=prompt, return_tensors="pt")
     inputs = {k: v.to(device) for k, v in calibration.items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
     common = model(**inputs, output_hidden_states=True).hidden_states[-1][0, -1].float()
