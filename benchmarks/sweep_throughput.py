@@ -33,7 +33,7 @@ from var_core import VARConfig
 from workers.engine import EvalEngine
 from workers.models import LLAVA_15_7B_SHAPE, LLAVA_CPU_SHAPE, build_tiny_llava, near_tie_answers, plant_sinks
 from workers.synthetic import write_mmvp_folder
-from workers.tasks import get_task
+from workers.tasks import get_task, option_token_ids
 
 
 def sample_configs(n: int, seed: int = 0) -> list[VARConfig | None]:
@@ -79,10 +79,11 @@ def main() -> None:
         engine = EvalEngine(model, processor, max_batch=len(configs))
         # a random model answers every question alike; near-tied answer rows, calibrated on this prompt format,
         # make answers depend on the input (see near_tie_answers)
-        near_tie_answers(model, processor, calibration=engine._inputs(task, examples[0])[1])
+        prepared = {e.id: engine._inputs(task, e) for e in examples}  # (prompt, processor outputs)
+        near_tie_answers(model, processor, calibration=prepared[examples[0].id][1])
         handle = engine.handle
-        inputs = {e.id: engine._inputs(task, e)[1] for e in examples}
-        option_ids = {e.id: engine._compute_prefix(task, e).option_ids for e in examples}
+        inputs = {i: batch for i, (_, batch) in prepared.items()}
+        option_ids = {e.id: option_token_ids(processor, prepared[e.id][0], e.options) for e in examples}
         n_image = int((inputs[examples[0].id]["input_ids"] == model.config.image_token_id).sum())
         n_text = inputs[examples[0].id]["input_ids"].shape[1] - n_image
 
