@@ -7,7 +7,7 @@ from var_core.config import CONVENTIONS, TASK_GROUP_RHO, Convention, VARConfig, 
 from var_core.errors import ConfigError, SinkDimsError, UnsupportedModelError, VarsweepError
 from var_core.families import FAMILIES, Family, family_of
 from var_core.ops import redistribute, sink_components, sink_mask, sink_scores
-from var_core.patch import VARHandle, VARState, patch
+from var_core.patch import SharedPrefix, VARHandle, VARState, patch
 from var_core.sink_dims import (
     BASE_LLM_BY_MODEL,
     SINK_DIMS,
@@ -30,6 +30,7 @@ __all__ = [
     "TASK_GROUP_RHO",
     "UnsupportedModelError",
     "VARConfig",
+    "SharedPrefix",
     "VARHandle",
     "VARState",
     "VARStats",

@@ -22,6 +22,7 @@ __all__ = [
     "sink_mask",
     "redistribute",
     "redistribute_rows",
+    "select_rows",
     "Redistribution",
     "RowParams",
     "row_params",
@@ -102,21 +103,27 @@ class RowParams:
         return (self.first_layer <= layer) & ~(self.except_last_layer & is_last)
 
 
+# A row without a configuration (VAR off) has no layer VAR may modify.
+_NO_LAYER = 2**62
+
+
 def row_params(
-    config: VARConfig | Sequence[VARConfig], *, batch: int, device: torch.device | str = "cpu"
+    config: VARConfig | Sequence[VARConfig | None], *, batch: int, device: torch.device | str = "cpu"
 ) -> RowParams:
-    """Broadcast one config, or one per row, to ``[batch]`` tensors."""
-    configs = [config] if isinstance(config, VARConfig) else list(config)
-    if not configs:
+    """Broadcast one config, or one per row, to ``[batch]`` tensors; a ``None`` row is VAR off (never modified)."""
+    given = [config] if isinstance(config, VARConfig) else list(config)
+    if not given:
         raise ConfigError("no VARConfig given")
-    if len(configs) == 1:
-        configs = configs * batch
-    elif len(configs) != batch:
-        raise ConfigError(f"{len(configs)} configs for a batch of {batch} rows: give one, or one per row")
-    conventions = {c.convention for c in configs}
-    if len(conventions) != 1:
+    if len(given) == 1:
+        given = given * batch
+    elif len(given) != batch:
+        raise ConfigError(f"{len(given)} configs for a batch of {batch} rows: give one, or one per row")
+    conventions = {c.convention for c in given if c is not None}
+    if len(conventions) > 1:
         raise ConfigError(f"configs of one batch must share a convention, got {sorted(conventions)}")
-    convention = conventions.pop()
+    convention = conventions.pop() if conventions else "paper"
+    off = VARConfig(convention=convention, first_layer=_NO_LAYER)
+    configs = [off if c is None else c for c in given]
 
     # float64, so that thresholds and fractions are exact; redistribute casts them to the attention's dtype.
     def col(values: list[float], dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -137,7 +144,7 @@ def row_params(
 class Redistribution:
     """What :func:`redistribute` computed, per row ``[B, H, Q]``, for callers that also keep statistics."""
 
-    attn: torch.Tensor  # [B, H, Q, K] the new probabilities
+    attn: torch.Tensor | None  # [B, H, Q, K] the new probabilities (None where they were never materialised)
     selected: torch.Tensor  # rows that passed the selection tests
     changed: torch.Tensor  # selected rows with a receiver (S > 0): the rows actually rewritten
     visual_mass: torch.Tensor  # V
@@ -176,6 +183,42 @@ def redistribute(
     return out.attn, out.selected
 
 
+def select_rows(
+    vis_mass: torch.Tensor,
+    receiver_mass: torch.Tensor,
+    sink_mass: torch.Tensor,
+    vis_sink_mass: torch.Tensor,
+    queries: torch.Tensor,
+    params: RowParams,
+    *,
+    n_visual: torch.Tensor,
+    has_visual_sink: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which rows VAR rewrites and by how much, from each row's attention masses (VAR.md sections 2-4).
+
+    Masses are ``[B, H, Q]`` probabilities: V (visual), S (visual non-sinks), the sink mass and the visual-sink
+    mass; ``queries`` ``[B, Q]`` marks the rows VAR may modify; ``n_visual`` and ``has_visual_sink`` are ``[B]``.
+    Returns ``(selected, changed, moved_mass, gain)``: ``changed`` = selected with a receiver (S > 0),
+    ``moved_mass`` = Omega = (1 - kept) * sink mass on changed rows, ``gain`` = Omega / S (0 elsewhere).
+    """
+    dtype = vis_mass.dtype
+    summ = params.summ.to(dtype)[:, None, None]
+    rho = params.rho.to(dtype)[:, None, None]
+    passes_mass = (vis_mass >= summ) & (vis_mass > 0)
+    if params.convention == "official":
+        share = vis_sink_mass / (vis_mass + _OFFICIAL_SHARE_EPS * n_visual.to(dtype)[:, None, None])
+        passes_share = (share <= rho) & has_visual_sink[:, None, None]
+    else:
+        ratio = receiver_mass / torch.where(vis_mass > 0, vis_mass, torch.ones_like(vis_mass))
+        passes_share = ratio >= rho
+    selected = queries[:, None, :] & passes_mass & passes_share
+    changed = selected & (receiver_mass > 0)
+    kept = params.kept.to(dtype)
+    moved_mass = torch.where(changed, (1.0 - kept)[:, None, None] * sink_mass, torch.zeros_like(sink_mass))
+    gain = moved_mass / torch.where(receiver_mass > 0, receiver_mass, torch.ones_like(receiver_mass))
+    return selected, changed, moved_mass, gain
+
+
 def redistribute_rows(
     attn: torch.Tensor,
     visual: torch.Tensor,
@@ -191,22 +234,17 @@ def redistribute_rows(
     # One batched matmul gives the four masses of every row: V, S, sink mass, visual-sink mass.
     masks = torch.stack([visual, receivers, sinks, visual & sinks], dim=-1).to(a.dtype)[:, None]  # [B,1,K,4]
     vis_mass, receiver_mass, sink_mass, vis_sink_mass = torch.matmul(a, masks).unbind(-1)  # [B,H,Q] each
-    summ = params.summ.to(a.dtype)[:, None, None]
-    rho = params.rho.to(a.dtype)[:, None, None]
-    passes_mass = (vis_mass >= summ) & (vis_mass > 0)
-    if params.convention == "official":
-        n_vis = visual.sum(-1).to(a.dtype)[:, None, None]
-        share = vis_sink_mass / (vis_mass + _OFFICIAL_SHARE_EPS * n_vis)
-        passes_share = (share <= rho) & (visual & sinks).any(-1)[:, None, None]
-    else:
-        ratio = receiver_mass / torch.where(vis_mass > 0, vis_mass, torch.ones_like(vis_mass))
-        passes_share = ratio >= rho
-    selected = queries[:, None, :] & passes_mass & passes_share
-    changed = selected & (receiver_mass > 0)
-
+    selected, changed, moved_mass, gain = select_rows(
+        vis_mass,
+        receiver_mass,
+        sink_mass,
+        vis_sink_mass,
+        queries,
+        params,
+        n_visual=visual.sum(-1),
+        has_visual_sink=(visual & sinks).any(-1),
+    )
     kept = params.kept.to(a.dtype)
-    moved_mass = torch.where(changed, (1.0 - kept)[:, None, None] * sink_mass, torch.zeros_like(sink_mass))
-    gain = moved_mass / torch.where(receiver_mass > 0, receiver_mass, torch.ones_like(receiver_mass))  # Omega / S
     sink_scale = torch.where(sinks, kept[:, None], torch.ones_like(kept)[:, None])[:, None, None, :]  # [B,1,1,K]
     factor = sink_scale + receivers[:, None, None, :].to(a.dtype) * gain[..., None]
     new = torch.where(changed[..., None], (a * factor).to(attn.dtype), attn)

@@ -24,12 +24,13 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from transformers import AttentionInterface, AttentionMaskInterface
+from transformers import AttentionInterface, AttentionMaskInterface, Cache
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
+from var_core.attention import attention_probs, shared_prefix_attention
 from var_core.config import VARConfig
 from var_core.errors import UnsupportedModelError, VarsweepError
 from var_core.families import backbone, decoder_layers, family_of, image_token_id
@@ -44,12 +45,41 @@ from var_core.ops import (
 from var_core.sink_dims import resolve_sink_dims
 from var_core.stats import VARStats
 
-__all__ = ["patch", "VARHandle", "VARState", "AttentionPath", "LayerCapture"]
+__all__ = ["patch", "VARHandle", "VARState", "SharedPrefix", "AttentionPath", "LayerCapture"]
 
 AttentionPath = Literal["fast", "eager"]
 _SUPPORTED_BASES = ("sdpa", "eager")
 _NAME = "varsweep_{}"  # one registered name per base implementation, so masks come in the base's format
 _HANDLES: weakref.WeakKeyDictionary[nn.Module, VARHandle] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class SharedPrefix:
+    """Keys and values ``[1, H_kv, P, D]`` per layer of a prompt prefix that every batch row continues.
+
+    A call whose :class:`VARState` carries one passes a cache holding only the keys after the prefix, and explicit
+    ``position_ids`` (they start at P); attention reads the prefix from here instead of n copies of it.
+    """
+
+    keys: Sequence[torch.Tensor]
+    values: Sequence[torch.Tensor]
+
+    @property
+    def length(self) -> int:
+        return int(self.keys[0].shape[2])
+
+    def joined(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prefix and a call's keys and values as one sequence (a copy: only for what runs on base attention)."""
+        batch = key.shape[0]
+        prefix_key, prefix_value = self.keys[layer], self.values[layer]
+        return (
+            torch.cat([prefix_key.expand(batch, -1, -1, -1), key], dim=2),
+            torch.cat([prefix_value.expand(batch, -1, -1, -1), value], dim=2),
+        )
+
+
+class _CacheFilled(Exception):
+    """Raised inside the last layer of a ``kv_only`` call once its keys and values are in the cache."""
 
 
 @dataclass
@@ -68,13 +98,31 @@ class VARState:
     peak: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, prompt] max |x[d_sink]|
     mean_sq: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, prompt] mean x^2
     stats_counted: set[int] = field(default_factory=set)  # layers whose sink counts entered the stats
+    shared_prefix: SharedPrefix | None = None  # the cache holds only the keys after it (see SharedPrefix)
+    kv_only: bool = False  # the call only fills the cache: the last layer stops once its keys are written
     _call_start: int = 0
     _call_len: int = 0
 
-    def expand(self, n: int) -> VARState:
-        """This state for ``n`` copies of a single-row batch (views, no copies): one row per configuration."""
+    @property
+    def rows(self) -> int:
+        return 0 if self.visual is None else int(self.visual.shape[0])
+
+    def expand(self, n: int, shared_prefix: SharedPrefix | None = None) -> VARState:
+        """This state for ``n`` copies of a single-row batch (views, no copies): one row per configuration.
+
+        With ``shared_prefix`` (the keys and values this state's prefix left in its cache), the next call passes
+        a cache of the keys after the prefix only, and may pass a single row: the layers below the first one VAR
+        may modify run once, and the hidden states fan out to ``n`` rows there.
+        """
         if self.visual is None or self.visual.shape[0] != 1:
             raise VarsweepError("VARState.expand needs a state of one row that has seen its prefix")
+        if shared_prefix is not None and (
+            shared_prefix.length != self.seen or int(self.image_end.max()) > shared_prefix.length  # type: ignore[union-attr]
+        ):
+            raise VarsweepError(
+                f"a shared prefix must be this state's {self.seen} tokens and hold the whole image; "
+                f"got {shared_prefix.length} tokens"
+            )
 
         def grow(t: torch.Tensor) -> torch.Tensor:
             return t.expand(n, *t.shape[1:])
@@ -87,6 +135,7 @@ class VARState:
             image_end=grow(self.image_end),  # type: ignore[arg-type]
             peak={k: grow(v) for k, v in self.peak.items()},
             mean_sq={k: grow(v) for k, v in self.mean_sq.items()},
+            shared_prefix=shared_prefix,
         )
 
     def _begin_call(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, image_id: int) -> None:
@@ -107,7 +156,9 @@ class VARState:
         if self.visual is None:
             self.visual, self.candidate = visual, real
         else:
-            if self.visual.shape[0] != batch:
+            if batch == 1 and self.shared_prefix is not None:  # one row continues every configuration's row
+                visual, real = visual.expand(self.rows, -1), real.expand(self.rows, -1)
+            elif self.visual.shape[0] != batch:
                 raise VarsweepError(f"batch of {batch} rows continues a VARState of {self.visual.shape[0]} rows")
             self.visual = torch.cat([self.visual, visual], dim=1)
             self.candidate = torch.cat([self.candidate, real], dim=1)  # type: ignore[list-item]
@@ -125,6 +176,8 @@ class VARState:
         if n_prompt <= 0:
             return
         peak, mean_sq = sink_components(hidden[:, :n_prompt], sink_dims)
+        if peak.shape[0] != self.rows:  # a single row below the fan-out layer
+            peak, mean_sq = peak.expand(self.rows, -1), mean_sq.expand(self.rows, -1)
         if layer in self.peak and self.peak[layer].shape[1] == self._call_start:
             peak = torch.cat([self.peak[layer], peak], dim=1)
             mean_sq = torch.cat([self.mean_sq[layer], mean_sq], dim=1)
@@ -180,7 +233,7 @@ class VARHandle:
         )
         self._enabled = True
         self._removed = False
-        self._configs: list[VARConfig] = []
+        self._configs: list[VARConfig | None] = []
         self._params_cache: dict[tuple[int, str], RowParams] = {}
         self._stats: VARStats | None = None
         self.collect_stats = False
@@ -191,20 +244,23 @@ class VARHandle:
 
     # ----------------------------------------------------------------- public API
     @property
-    def configs(self) -> tuple[VARConfig, ...]:
+    def configs(self) -> tuple[VARConfig | None, ...]:
         return tuple(self._configs)
 
     @property
     def enabled(self) -> bool:
         return self._enabled and not self._removed
 
-    def set(self, config: VARConfig | Sequence[VARConfig]) -> None:
-        """Use ``config`` from the next forward on; a sequence gives one config per batch row."""
+    def set(self, config: VARConfig | Sequence[VARConfig | None]) -> None:
+        """Use ``config`` from the next forward on; a sequence gives one config per batch row (None: VAR off)."""
         configs = [config] if isinstance(config, VARConfig) else list(config)
         row_params(configs, batch=len(configs))  # validates: non-empty, one convention
         self._configs = configs
         self._params_cache.clear()
         self._stats = None
+        # no configuration modifies a layer below this one: there, rows of one prompt are all alike
+        first = [c.first_layer for c in configs if c is not None]
+        self._fan_out_layer = min(min(first, default=self.num_layers), self.num_layers - 1)
 
     def disable(self) -> None:
         """Route every call to the original attention: outputs equal the unpatched model's."""
@@ -238,6 +294,23 @@ class VARHandle:
     def new_state(self, prompt_len: int | None = None) -> VARState:
         """A fresh per-sequence state, for callers that pass ``var_state=`` themselves."""
         return VARState(prompt_len=prompt_len)
+
+    def prefill(self, module: nn.Module, *, past_key_values: Cache, var_state: VARState, **inputs: Any) -> Cache:
+        """Run ``module`` (the model or its backbone) only to fill ``past_key_values`` and ``var_state``.
+
+        For a prompt prefix that later calls continue: the last layer stops once its keys and values are in the
+        cache (its attention output, MLP and the LM head would be thrown away). Returns the cache.
+        """
+        if not self.enabled:
+            raise VarsweepError("prefill records sink scores: enable the VAR patch first")
+        var_state.kv_only = True
+        try:
+            module(**inputs, past_key_values=past_key_values, var_state=var_state, use_cache=True)
+        except _CacheFilled:
+            pass
+        finally:
+            var_state.kv_only = False
+        return past_key_values
 
     def remove(self) -> None:
         """Take every hook and the attention routing out of the model."""
@@ -314,10 +387,15 @@ class VARHandle:
         if cache is not None:
             self._states[cache] = state
 
-    def _before_layer(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    def _before_layer(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple | None:
         state = kwargs.get("var_state")
-        if state is not None and self.enabled:
-            state._record_layer(module.self_attn.layer_idx, args[0], self.sink_dims)
+        if state is None or not self.enabled:
+            return None
+        layer, hidden = module.self_attn.layer_idx, args[0]
+        state._record_layer(layer, hidden, self.sink_dims)
+        if hidden.shape[0] == 1 and state.rows > 1 and layer == self._fan_out_layer:
+            return (hidden.expand(state.rows, -1, -1), *args[1:]), kwargs
+        return None
 
     def _attend(
         self,
@@ -332,14 +410,24 @@ class VARHandle:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         state: VARState | None = kwargs.pop("var_state", None)
         base_kwargs = {**kwargs, "dropout": dropout, "scaling": scaling}
+        layer = module.layer_idx
+        if state is not None and state.kv_only and layer == self.num_layers - 1:
+            raise _CacheFilled
+        shared = state.shared_prefix if state is not None else None
+        if shared is not None:
+            if self.enabled and layer >= self._fan_out_layer:
+                return self._attend_shared(module, query, key, value, attention_mask, scaling, state, shared)
+            # below the first layer VAR may modify (or VAR off): nothing to rewrite, the base attention serves
+            key, value = shared.joined(layer, key, value)
+            mask = _prefix_visible(attention_mask, shared.length, query, key, self.base_implementation)
+            return self._base_attention(module, query, key, value, mask, **base_kwargs)
         if state is None or not self.enabled:
             return self._base_attention(module, query, key, value, attention_mask, **base_kwargs)
-        layer = module.layer_idx
         batch, _, n_query, _ = query.shape
         n_keys = key.shape[2]
         positions = torch.arange(n_keys - n_query, n_keys, device=query.device)
         after_image = positions[None, :] >= state.image_end[:, None]  # type: ignore[index]
-        if self.path == "fast" and not bool(after_image.any()):  # e.g. a cached prefix: never VAR's rows
+        if self.path == "fast" and (layer < self._fan_out_layer or not bool(after_image.any())):
             return self._base_attention(module, query, key, value, attention_mask, **base_kwargs)
         params = self._params(batch, query.device)
         modifiable = after_image & params.layer_active(layer, self.num_layers).to(query.device)[:, None]
@@ -355,7 +443,8 @@ class VARHandle:
             outputs.append(
                 self._base_attention(module, query[:, :, :first], key, value, head_mask, **base_kwargs)[0]
             )
-        probs = _attention_probs(module, query[:, :, first:], key, attention_mask, first, scaling)
+        mask = attention_mask[..., first:, :] if attention_mask is not None else None
+        probs = attention_probs(query[:, :, first:], key, mask, scaling)
         visual = _pad_keys(state.visual, n_keys)  # type: ignore[arg-type]
         sinks = state.sinks(layer, params, n_keys)
         result = redistribute_rows(probs, visual, sinks, modifiable[:, first:], params)
@@ -376,6 +465,41 @@ class VARHandle:
         weights = result.attn.to(query.dtype) if self.path == "eager" else None
         return out.contiguous(), weights
 
+    def _attend_shared(
+        self,
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float | None,
+        state: VARState,
+        shared: SharedPrefix,
+    ) -> tuple[torch.Tensor, None]:
+        """Every row of a call that continues a shared prefix (all after the image): see shared_prefix_attention."""
+        layer, batch, n_keys = module.layer_idx, query.shape[0], shared.length + key.shape[2]
+        params = self._params(batch, query.device)
+        rows = torch.ones(batch, query.shape[2], dtype=torch.bool, device=query.device)
+        rows &= params.layer_active(layer, self.num_layers).to(query.device)[:, None]
+        visual = _pad_keys(state.visual, n_keys)  # type: ignore[arg-type]
+        sinks = state.sinks(layer, params, n_keys)
+        out, result = shared_prefix_attention(
+            query,
+            shared.keys[layer],
+            shared.values[layer],
+            key,
+            value,
+            attention_mask,
+            scaling=scaling,
+            visual=visual[0, : shared.length],
+            sinks=sinks,
+            rows=rows,
+            params=params,
+        )
+        if self.collect_stats:
+            self._record_stats(layer, state, result, visual, sinks, rows)
+        return out, None
+
     def _record_stats(
         self,
         layer: int,
@@ -393,29 +517,22 @@ class VARHandle:
         self._stats.add(layer, result=result, visual=visual, sinks=sinks, rows=modifiable, count_sinks=count_sinks)
 
 
-def _attention_probs(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    first: int,
-    scaling: float | None,
+def _prefix_visible(
+    mask: torch.Tensor | None, prefix_len: int, query: torch.Tensor, key: torch.Tensor, base: str
 ) -> torch.Tensor:
-    """Softmax probabilities ``[B, H, q, K]`` (float32) for query rows ``first:`` of a call."""
-    keys = repeat_kv(key, module.num_key_value_groups)
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    logits = torch.matmul(query * scale, keys.transpose(2, 3)).float()  # scaling q is cheaper than the logits
-    n_rows, n_keys = query.shape[2], key.shape[2]
-    if attention_mask is None:
-        # transformers passes no mask for pure causal prefill (q == kv) and single-token decoding; the rows of
-        # this block are the call's last n_rows queries, at absolute positions n_keys - n_rows ... n_keys - 1.
-        rows = torch.arange(n_keys - n_rows, n_keys, device=query.device)[:, None]
-        allowed = torch.arange(n_keys, device=query.device)[None, :] <= rows
-        logits = logits.masked_fill(~allowed, float("-inf"))
+    """A call's mask over its own keys, widened to a shared prefix (all visible), in the base's format."""
+    n_query, n_keys = query.shape[2], key.shape[2]
+    if mask is None:  # causal: the queries are the last of the keys
+        rows = torch.arange(n_keys - n_query, n_keys, device=query.device)[:, None]
+        allowed = (torch.arange(n_keys, device=query.device)[None, :] <= rows)[None, None]
     else:
-        mask = attention_mask[..., first:, :]
-        logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask.float()
-    return torch.softmax(logits, dim=-1)
+        own = mask if mask.dtype == torch.bool else mask == 0
+        allowed = torch.cat([own.new_ones(*own.shape[:-1], prefix_len), own], dim=-1)
+    if base == "eager":
+        return torch.zeros(allowed.shape, dtype=query.dtype, device=query.device).masked_fill(
+            ~allowed, torch.finfo(query.dtype).min
+        )
+    return allowed
 
 
 def _var_attention(

@@ -3,9 +3,11 @@
 VAR only rewrites attention rows of text after the image and of generated tokens (DESIGN.md, "Why a sweep can be
 much faster"). So for each example the vision tower, the forward of the prompt up to the image end, its KV cache
 and the prefix tokens' sink-score components (:class:`var_core.VARState`) do not depend on (tau, rho, p): they
-are computed once, kept within a byte budget (device memory, then host memory, then recomputed), and every batch
-of configurations runs only the suffix (the question) against a zero-copy, batch-expanded view of that cache, one
-configuration per batch row. Option tasks score from the first answer token's logits; generation tasks decode
+are computed once (the last layer stops once its keys are cached), kept within a byte budget (device memory, then
+host memory, then recomputed), and every batch of configurations runs only the suffix (the question), one
+configuration per batch row: the suffix enters as one row, runs once through the layers below the first one VAR may
+modify, fans out there, and attends to the prefix through :class:`var_core.SharedPrefix` (one copy for all rows, see
+:func:`var_core.attention.shared_prefix_attention`). Option tasks score from the first answer token's logits; generation tasks decode
 greedily from the cache. Results equal a plain full-prompt run of the patched model (tests/workers prove it).
 """
 
@@ -21,7 +23,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from var_core import VARConfig, VARHandle, VARState, VARStats, family_of, patch
+from var_core import SharedPrefix, VARConfig, VARHandle, VARState, VARStats, family_of, patch
 from var_core.errors import VarsweepError
 from var_core.families import image_token_id
 from workers.tasks import Example, Task, option_token_ids
@@ -42,7 +44,7 @@ class Prepared:
     keys: list[torch.Tensor]  # per layer [1, H_kv, P, D]
     values: list[torch.Tensor]
     state: VARState  # sink-score components of the prefix, image positions
-    suffix_positions: torch.Tensor | None  # Qwen2-VL M-RoPE: [3, 1, S]
+    suffix_positions: torch.Tensor  # [1, S], Qwen2-VL M-RoPE: [3, 1, S]
     option_ids: tuple[int, ...] | None
 
     @property
@@ -74,7 +76,7 @@ class Prepared:
             keys=[move(k) for k in self.keys],
             values=[move(v) for v in self.values],
             state=moved,
-            suffix_positions=None if self.suffix_positions is None else move(self.suffix_positions),
+            suffix_positions=move(self.suffix_positions),
             option_ids=self.option_ids,
         )
 
@@ -140,16 +142,6 @@ class _PrefixCache:
         self.on_host.clear()
 
 
-def _expanded_cache(keys: list[torch.Tensor], values: list[torch.Tensor], n: int, config: Any) -> DynamicCache:
-    """A DynamicCache whose layers are batch-expanded views of one prefix (no copy; suffix calls append)."""
-    cache = DynamicCache(config=config)
-    for layer, k, v in zip(cache.layers, keys, values, strict=True):
-        layer.dtype, layer.device, layer.is_initialized = k.dtype, k.device, True
-        layer.keys = k.expand(n, -1, -1, -1)
-        layer.values = v.expand(n, -1, -1, -1)
-    return cache
-
-
 class EvalEngine:
     """Evaluates batches of VAR configurations on a task's examples, reusing per-example prefixes.
 
@@ -206,22 +198,17 @@ class EvalEngine:
     ) -> list[ConfigResult]:
         """Per configuration (``None`` = VAR off), the answers on ``examples``, in the order of ``configs``."""
         results = [ConfigResult(config=c) for c in configs]
-        var_slots = [i for i, c in enumerate(configs) if c is not None]
-        off_slots = [i for i, c in enumerate(configs) if c is None]
+        # one batch row per distinct configuration: every VAR-off slot shares one row
+        rows: list[VARConfig | None] = [c for c in configs if c is not None]
+        targets = [[results[i]] for i, c in enumerate(configs) if c is not None]
+        if len(rows) < len(configs):
+            rows.append(None)
+            targets.append([r for r in results if r.config is None])
         for example in examples:
             prep = self._prepared(task, example)
-            if off_slots:
-                self._run(task, example, prep, None, [results[i] for i in off_slots], collect_stats=False)
-            for start in range(0, len(var_slots), self.max_batch):
-                chunk = var_slots[start : start + self.max_batch]
-                self._run(
-                    task,
-                    example,
-                    prep,
-                    [configs[i] for i in chunk],  # type: ignore[misc]
-                    [results[i] for i in chunk],
-                    collect_stats=collect_stats,
-                )
+            for start in range(0, len(rows), self.max_batch):
+                end = start + self.max_batch
+                self._run(task, example, prep, rows[start:end], targets[start:end], collect_stats=collect_stats)
         return results
 
     @torch.no_grad()
@@ -310,13 +297,8 @@ class EvalEngine:
         if prefix_len >= prompt_len:
             raise VarsweepError(f"example {example.id}: no text after the image; VAR has nothing to act on")
         state = self.handle.new_state(prompt_len=prompt_len)
-        prefix = {
-            "input_ids": ids[:, :prefix_len],
-            "pixel_values": inputs["pixel_values"],
-            "use_cache": True,
-            "var_state": state,
-        }
-        positions = None
+        prefix = {"input_ids": ids[:, :prefix_len], "pixel_values": inputs["pixel_values"]}
+        positions = torch.arange(prompt_len, device=ids.device)[None]
         if "image_grid_thw" in inputs:  # Qwen2-VL: explicit M-RoPE positions, stateless across calls
             positions, _ = self.model.model.get_rope_index(
                 ids, mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"]
@@ -327,8 +309,10 @@ class EvalEngine:
                 "position_ids": positions[:, :, :prefix_len],
             }
         self.handle.enable()
-        out = self.model.model(**prefix)  # the backbone: no LM head for prefix positions
-        cache = out.past_key_values
+        # the backbone (no LM head for prefix positions), stopped once the last layer's keys are cached
+        cache = self.handle.prefill(
+            self.model.model, past_key_values=DynamicCache(config=self.text_config), var_state=state, **prefix
+        )
         option_ids = None
         if task.answer_mode == "options":
             tokenizer = getattr(self.processor, "tokenizer", self.processor)
@@ -341,7 +325,7 @@ class EvalEngine:
             keys=[layer.keys for layer in cache.layers],
             values=[layer.values for layer in cache.layers],
             state=state,
-            suffix_positions=None if positions is None else positions[:, :, prefix_len:],
+            suffix_positions=positions[..., prefix_len:],
             option_ids=option_ids,
         )
 
@@ -350,53 +334,55 @@ class EvalEngine:
         task: Task,
         example: Example,
         prep: Prepared,
-        configs: list[VARConfig] | None,
-        results: list[ConfigResult],
+        configs: list[VARConfig | None],
+        targets: list[list[ConfigResult]],
         *,
         collect_stats: bool,
     ) -> None:
-        """One suffix batch: a row per configuration (``None``: VAR off, one row shared by all results)."""
-        n = 1 if configs is None else len(configs)
+        """One suffix batch: a row per configuration (``None``: VAR off), its answers to each row's targets."""
+        n = len(configs)
+        # one row in: the configurations share the prompt, and the rows fan out at the first layer VAR may modify
         kwargs: dict[str, Any] = {
-            "input_ids": prep.suffix_ids.expand(n, -1),
-            "past_key_values": _expanded_cache(prep.keys, prep.values, n, self.text_config),
+            "input_ids": prep.suffix_ids,
+            "position_ids": prep.suffix_positions,
+            "past_key_values": DynamicCache(config=self.text_config),  # the keys after the shared prefix
+            "var_state": prep.state.expand(n, shared_prefix=SharedPrefix(prep.keys, prep.values)),
             "use_cache": True,
             "logits_to_keep": 1,
         }
-        positions = None
-        if prep.suffix_positions is not None:
-            positions = prep.suffix_positions.expand(3, n, -1)
-            kwargs["position_ids"] = positions
-        if configs is None:
-            self.handle.disable()
-        else:
+        var_rows = any(c is not None for c in configs)
+        if var_rows:
             self.handle.enable()
             self.handle.set(configs)
             self.handle.collect_stats = collect_stats
-            kwargs["var_state"] = prep.state.expand(n)
+        else:  # VAR off alone: the unpatched attention throughout
+            self.handle.disable()
         try:
             out = self.model(**kwargs)
             logits = out.logits[:, -1]
             if task.answer_mode == "options":
-                self._choose(example, prep, logits, results)
+                self._choose(example, prep, logits, targets)
             else:
-                self._decode(task, example, out, logits, kwargs, positions, results)
+                self._decode(task, example, out, logits, kwargs, targets)
         finally:
-            if configs is not None and collect_stats:
+            if var_rows and collect_stats:
                 stats = self.handle.stats(reset=True)
-                for slot, result in enumerate(results):
-                    one = stats.select(slot)
-                    result.stats = one if result.stats is None else result.stats + one
+                for slot, (config, results) in enumerate(zip(configs, targets, strict=True)):
+                    for result in results if config is not None else ():
+                        one = stats.select(slot)
+                        result.stats = one if result.stats is None else result.stats + one
             self.handle.collect_stats = False
             self.handle.enable()
 
-    def _choose(self, example: Example, prep: Prepared, logits: torch.Tensor, results: list[ConfigResult]) -> None:
+    def _choose(
+        self, example: Example, prep: Prepared, logits: torch.Tensor, targets: list[list[ConfigResult]]
+    ) -> None:
         option_logits = logits[:, list(prep.option_ids)]  # type: ignore[arg-type]
         chosen = option_logits.argmax(dim=-1).tolist()
-        for row, result in enumerate(results):
-            index = chosen[row] if len(chosen) > 1 else chosen[0]
-            result.choices[example.id] = index
-            result.answers[example.id] = example.options[index]  # type: ignore[index]
+        for index, results in zip(chosen, targets, strict=True):
+            for result in results:
+                result.choices[example.id] = index
+                result.answers[example.id] = example.options[index]  # type: ignore[index]
 
     def _decode(
         self,
@@ -405,10 +391,13 @@ class EvalEngine:
         out: Any,
         logits: torch.Tensor,
         kwargs: dict[str, Any],
-        positions: torch.Tensor | None,
-        results: list[ConfigResult],
+        targets: list[list[ConfigResult]],
     ) -> None:
         n = logits.shape[0]
+        positions = kwargs["position_ids"]
+        for layer in out.past_key_values.layers:  # layers below the fan-out ran one row for all
+            if layer.keys.shape[0] != n:
+                layer.keys, layer.values = layer.keys.expand(n, -1, -1, -1), layer.values.expand(n, -1, -1, -1)
         generated = torch.empty(n, 0, dtype=torch.long, device=logits.device)
         done = torch.zeros(n, dtype=torch.bool, device=logits.device)
         eos = torch.tensor(sorted(self._eos), device=logits.device)
@@ -420,14 +409,13 @@ class EvalEngine:
                 break
             kwargs["input_ids"] = token[:, None]
             kwargs["past_key_values"] = out.past_key_values
-            if positions is not None:  # text positions advance by one in all three M-RoPE sections
-                kwargs["position_ids"] = positions[:, :, -1:] + step + 1
+            kwargs["position_ids"] = positions[..., -1:] + step + 1  # M-RoPE: all three sections advance
             out = self.model(**kwargs)
             logits = out.logits[:, -1]
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        rows = generated.tolist()
-        for row, result in enumerate(results):
-            ids = rows[row] if n > 1 else rows[0]
+        for ids, results in zip(generated.tolist(), targets, strict=True):
             ids = ids[: next((i for i, t in enumerate(ids) if t in self._eos), len(ids))]
-            result.tokens[example.id] = ids
-            result.answers[example.id] = tokenizer.decode(ids, skip_special_tokens=True).strip()
+            answer = tokenizer.decode(ids, skip_special_tokens=True).strip()
+            for result in results:
+                result.tokens[example.id] = list(ids)
+                result.answers[example.id] = answer

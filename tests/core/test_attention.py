@@ -1,0 +1,89 @@
+"""shared_prefix_attention == the reference (explicit probabilities, redistribute_rows, @ values) on full keys."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.integrations.sdpa_attention import repeat_kv
+
+from var_core import VARConfig
+from var_core.attention import attention_probs, shared_prefix_attention
+from var_core.ops import redistribute_rows, row_params
+
+
+def reference(query, prefix_key, prefix_value, key, value, mask, visual, sinks, rows, params):
+    batch = query.shape[0]
+    keys = torch.cat([prefix_key.expand(batch, -1, -1, -1), key.expand(batch, -1, -1, -1)], dim=2)
+    values = torch.cat([prefix_value.expand(batch, -1, -1, -1), value.expand(batch, -1, -1, -1)], dim=2)
+    if mask is not None:
+        mask = torch.cat([torch.ones(*mask.shape[:-1], prefix_key.shape[2], dtype=torch.bool), mask], dim=-1)
+    probs = attention_probs(query, keys, mask, scaling=None)
+    visual_all = torch.cat([visual, torch.zeros(key.shape[2], dtype=torch.bool)]).expand(batch, -1)
+    result = redistribute_rows(probs, visual_all, sinks, rows, params)
+    out = torch.matmul(result.attn, repeat_kv(values, query.shape[1] // key.shape[1]))
+    return out.transpose(1, 2), result
+
+
+def case(seed: int, convention: str, *, kv_heads: int, own_batch: int, with_mask: bool):
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+    configs = [
+        VARConfig(tau=1.0, rho=r, p=p, summ=0.1, convention=convention)
+        for r, p in [(0.3, 0.5), (0.9, 1.0), (0.6, 0.2), (0.0, 0.7)]
+    ]
+    batch, heads, n_query, prefix_len, own_len, dim = len(configs), 4, 5, 40, 7, 8
+    query = rand(batch, heads, n_query, dim) * 2
+    prefix_key, prefix_value = rand(1, kv_heads, prefix_len, dim) * 2, rand(1, kv_heads, prefix_len, dim)
+    key, value = rand(own_batch, kv_heads, own_len, dim) * 2, rand(own_batch, kv_heads, own_len, dim)
+    visual = torch.zeros(prefix_len, dtype=torch.bool)
+    visual[6:36] = True
+    sinks = torch.rand(batch, prefix_len + own_len, generator=generator) < 0.15
+    sinks[:, 0] = True  # BOS
+    sinks[1, 6:36] = True  # one row: every image key is a sink, no receiver
+    sinks[2] = False
+    sinks[2, 10] = True  # one visual sink only
+    rows = torch.ones(batch, n_query, dtype=torch.bool)
+    rows[3, 0] = False
+    mask = None
+    if with_mask:
+        causal = torch.ones(n_query, own_len, dtype=torch.bool).tril(own_len - n_query)
+        mask = causal[None, None].expand(own_batch, 1, -1, -1).clone()
+    params = row_params(configs, batch=batch)
+    return query, prefix_key, prefix_value, key, value, mask, visual, sinks, rows, params
+
+
+@pytest.mark.parametrize("convention", ["paper", "official"])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+@pytest.mark.parametrize("own_batch", [1, 4])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_shared_prefix_matches_reference(convention, kv_heads, own_batch, with_mask):
+    for seed in range(3):
+        inputs = case(seed, convention, kv_heads=kv_heads, own_batch=own_batch, with_mask=with_mask)
+        query, prefix_key, prefix_value, key, value, mask, visual, sinks, rows, params = inputs
+        expected, reference_result = reference(*inputs)
+        out, masses = shared_prefix_attention(
+            query, prefix_key, prefix_value, key, value, mask,
+            scaling=None, visual=visual, sinks=sinks, rows=rows, params=params,
+        )  # fmt: skip
+        assert out.dtype == torch.float64 and out.shape == expected.shape
+        torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+        assert torch.equal(masses.selected, reference_result.selected)
+        assert torch.equal(masses.changed, reference_result.changed)
+        torch.testing.assert_close(masses.visual_mass, reference_result.visual_mass.double())
+        torch.testing.assert_close(masses.moved_mass, reference_result.moved_mass.double())
+        # VAR acted, and some rows stayed as they were: the comparison covers both
+        assert masses.changed.any() and not masses.changed.all()
+
+
+def test_float32_close_to_float64():
+    inputs = case(0, "paper", kv_heads=2, own_batch=1, with_mask=False)
+    query, prefix_key, prefix_value, key, value, mask, visual, sinks, rows, params = inputs
+    kwargs = dict(scaling=None, visual=visual, sinks=sinks, rows=rows, params=params)
+    exact, _ = shared_prefix_attention(query, prefix_key, prefix_value, key, value, mask, **kwargs)
+    single = [t.float() for t in (query, prefix_key, prefix_value, key, value)]
+    out, _ = shared_prefix_attention(*single, mask, **kwargs)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), exact, rtol=1e-5, atol=1e-5)
