@@ -86,13 +86,14 @@ def shared_prefix_attention(
     alpha'_j = e_j / Z * (1 + a [j sink] + g [j visual non-sink]), a = -p (sinks keep 1 - p), g = Omega / S. So
     sum_j alpha'_j v_j = (E_text + (1 + g) E_vis + sum_{j in sinks} e_j (a - g [j visual]) v_j + suffix) / Z,
     where E_text, E_vis = sum of e_j v_j over the prefix's text and image keys: one product of the exponentials
-    with ``[v * text | v * visual | visual | 1]`` per key-value head gives both and the masses V and Z; the sinks,
-    a few columns, are gathered. Nothing of size B x P x D (copies of the prefix) or B x H x q x P beyond the
+    with ``[v * visual | visual | 1]`` per key-value head gives E_vis and the masses V and Z; the text keys and
+    the sinks, a few columns, are gathered. Nothing of size B x P x D (copies of the prefix) or B x H x q x P beyond the
     exponentials themselves is written.
     """
     batch, heads, n_query, dim = query.shape
     kv_heads, prefix_len = prefix_key.shape[1], prefix_key.shape[2]
     groups = heads // kv_heads
+    shape = (batch, groups, n_query)
     dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
     scale = scaling if scaling is not None else dim**-0.5
     q = query.to(dtype) * scale
@@ -100,21 +101,23 @@ def shared_prefix_attention(
     # prefix: one product per key-value head for all rows of all configurations
     exp_prefix = torch.bmm(_flat(q, kv_heads), prefix_key[0].to(dtype).transpose(1, 2))  # [H_kv, R, P] logits
     logits_own = masked_logits(torch.matmul(q, repeat_kv(key, groups).to(dtype).transpose(2, 3)), mask)
-    peak = torch.maximum(_rows(exp_prefix.amax(-1), batch, groups, n_query), logits_own.amax(-1))  # [B, H, q]
+    peak = torch.maximum(_rows(exp_prefix.amax(-1), *shape), logits_own.amax(-1))  # [B, H, q]
     exp_prefix.sub_(_flat(peak, kv_heads)[..., None]).exp_()
     exp_own = (logits_own - peak[..., None]).exp()
 
     is_visual = visual.to(dtype)[:, None]  # [P, 1]
     values = prefix_value[0].to(dtype)  # [H_kv, P, D]
     ones = torch.ones_like(values[..., :1])
-    basis = torch.cat([values * (1 - is_visual), values * is_visual, is_visual.expand_as(ones), ones], dim=-1)
-    parts = _rows(torch.bmm(exp_prefix, basis), batch, groups, n_query)  # [B, H, q, 2D + 2]
-    text_out, visual_out = parts[..., :dim], parts[..., dim : 2 * dim]
-    visual_exp, total = parts[..., 2 * dim], parts[..., 2 * dim + 1] + exp_own.sum(-1)
+    # image keys: one product with [v * visual | visual | 1] gives E_vis, the visual sum V and the prefix's Z
+    parts = _rows(torch.bmm(exp_prefix, torch.cat([values * is_visual, is_visual.expand_as(ones), ones], -1)), *shape)
+    visual_out, visual_exp = parts[..., :dim], parts[..., dim]
+    total = parts[..., dim + 1] + exp_own.sum(-1)
+    text = (~visual).nonzero().flatten()  # the prefix's text keys: a few
+    text_out = _rows(torch.bmm(exp_prefix.index_select(-1, text), values.index_select(1, text)), *shape)
 
     prefix_sinks, own_sinks = sinks[:, :prefix_len], sinks[:, prefix_len:]
     columns = prefix_sinks.any(0).nonzero().flatten()  # the union of every row's prefix sinks: a few keys
-    exp_sinks = _rows(exp_prefix.index_select(-1, columns), batch, groups, n_query)  # [B, H, q, U]
+    exp_sinks = _rows(exp_prefix.index_select(-1, columns), *shape)  # [B, H, q, U]
     is_sink = prefix_sinks[:, columns].to(dtype)[:, None, None, :]  # [B, 1, 1, U]
     is_visual_sink = is_sink * is_visual[columns, 0]
     own_sink = own_sinks.to(dtype)[:, None, None, :]
@@ -139,7 +142,7 @@ def shared_prefix_attention(
 
     corrections = exp_sinks * (sink_gain[..., None] * is_sink - gain[..., None] * is_visual_sink)
     sink_values = values.index_select(1, columns)  # [H_kv, U, D]
-    sink_out = _rows(torch.bmm(_flat(corrections, kv_heads), sink_values), batch, groups, n_query)
+    sink_out = _rows(torch.bmm(_flat(corrections, kv_heads), sink_values), *shape)
     own_out = torch.matmul(exp_own * (1 + sink_gain[..., None] * own_sink), repeat_kv(value, groups).to(dtype))
     out = (text_out + (1 + gain[..., None]) * visual_out + sink_out + own_out) / total[..., None]
     masses = Redistribution(

@@ -12,7 +12,7 @@ from transformers import PretrainedConfig
 
 from var_core.errors import UnsupportedModelError
 
-__all__ = ["Family", "FAMILIES", "family_of", "image_token_id", "decoder_layers", "backbone"]
+__all__ = ["Family", "FAMILIES", "family_of", "image_token_id", "decoder_layers", "backbone", "residual_branches"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,8 @@ class Family:
     backbone: str  # the multimodal model that receives input_ids and pixel_values
     layers: str  # the language model's decoder layers, relative to the top model
     image_token_attrs: tuple[str, ...]  # config fields holding the image placeholder token id
+    # modules of a decoder layer whose per-position outputs are added to the residual stream
+    residual_branches: tuple[str, ...] = ("self_attn.o_proj", "mlp")
 
 
 _LLAVA = Family(
@@ -81,6 +83,12 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
         raise UnsupportedModelError(f"{type(model).__name__}.{family.layers} is not a non-empty ModuleList")
     return layers
+
+
+def residual_branches(model: nn.Module, layer: int) -> list[nn.Module]:
+    """The modules of decoder layer ``layer`` whose per-position outputs are added to the residual stream."""
+    found = [_resolve(decoder_layers(model)[layer], path) for path in family_of(model).residual_branches]
+    return [module for module in found if isinstance(module, nn.Module)]
 
 
 def image_token_id(model: nn.Module | PretrainedConfig) -> int:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ from transformers import DynamicCache
 
 from var_core import SharedPrefix, VARConfig, VARHandle, VARState, VARStats, family_of, patch
 from var_core.errors import VarsweepError
-from var_core.families import image_token_id
+from var_core.families import image_token_id, residual_branches
 from workers.tasks import Example, Task, option_token_ids
 
 __all__ = ["EvalEngine", "ConfigResult", "Prepared", "CacheStats"]
@@ -142,6 +143,26 @@ class _PrefixCache:
         self.on_host.clear()
 
 
+@contextmanager
+def _last_position_only(branches: list[nn.Module]) -> Iterator[None]:
+    """Run the last decoder layer's residual branches (attention output projection, MLP) on the last position.
+
+    Only the last position's logits are read (``logits_to_keep=1``), and the layer's keys and values, which later
+    calls attend to, are computed before these branches. The other positions' outputs of this layer become wrong
+    (the one branch output is added to every position) and are never read.
+    """
+
+    def last(module: nn.Module, args: tuple) -> tuple:
+        return (args[0][:, -1:], *args[1:])
+
+    hooks = [branch.register_forward_pre_hook(last) for branch in branches]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 class EvalEngine:
     """Evaluates batches of VAR configurations on a task's examples, reusing per-example prefixes.
 
@@ -169,6 +190,7 @@ class EvalEngine:
         self.max_batch = max_batch
         self._image_token_id = image_token_id(model)
         self._eos = self._eos_ids()
+        self._last_branches = residual_branches(model, len(self.handle.layers) - 1)
         self._cache = _PrefixCache(self.device, cache_bytes, host_cache_bytes)
 
     @property
@@ -358,7 +380,8 @@ class EvalEngine:
         else:  # VAR off alone: the unpatched attention throughout
             self.handle.disable()
         try:
-            out = self.model(**kwargs)
+            with _last_position_only(self._last_branches):
+                out = self.model(**kwargs)
             logits = out.logits[:, -1]
             if task.answer_mode == "options":
                 self._choose(example, prep, logits, targets)
