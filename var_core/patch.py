@@ -94,7 +94,7 @@ class VARState:
     seen: int = 0  # tokens already in the cache
     visual: torch.Tensor | None = None  # [B, prompt tokens so far] bool
     candidate: torch.Tensor | None = None  # [B, prompt tokens so far] bool: real (non-pad) prompt tokens
-    image_end: torch.Tensor | None = None  # [B] first position after the last image token
+    image_end: torch.Tensor | None = None  # [B] first position after the last image token (no image: never)
     peak: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, prompt] max |x[d_sink]|
     mean_sq: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, prompt] mean x^2
     stats_counted: set[int] = field(default_factory=set)  # layers whose sink counts entered the stats
@@ -102,6 +102,18 @@ class VARState:
     kv_only: bool = False  # the call only fills the cache: the last layer stops once its keys are written
     _call_start: int = 0
     _call_len: int = 0
+
+    def continued(self, prompt_len: int) -> VARState:
+        """This state for a prompt of ``prompt_len`` tokens that starts with what it has seen (shares tensors)."""
+        return VARState(
+            prompt_len=prompt_len,
+            seen=self.seen,
+            visual=self.visual,
+            candidate=self.candidate,
+            image_end=self.image_end,
+            peak=dict(self.peak),
+            mean_sq=dict(self.mean_sq),
+        )
 
     @property
     def rows(self) -> int:
@@ -164,7 +176,8 @@ class VARState:
             self.candidate = torch.cat([self.candidate, real], dim=1)  # type: ignore[list-item]
         positions = torch.arange(self.visual.shape[1], device=ids.device)
         last_image = torch.where(self.visual, positions, torch.full_like(positions, -1)).amax(dim=1)
-        self.image_end = last_image + 1
+        # VAR acts on rows after the image only; a row with no image (yet) has none
+        self.image_end = torch.where(last_image >= 0, last_image + 1, torch.iinfo(torch.long).max)
 
     def _end_call(self) -> None:
         self.seen = self._call_start + self._call_len

@@ -32,6 +32,7 @@ from workers.tasks import Example, Task, option_token_ids
 __all__ = ["EvalEngine", "ConfigResult", "Prepared", "CacheStats"]
 
 Progress = Callable[[int, int], None]
+_HEADS_KEPT = 8  # prompt formats whose text before the image is kept (a task has one or a few)
 
 
 @dataclass
@@ -192,6 +193,9 @@ class EvalEngine:
         self._eos = self._eos_ids()
         self._last_branches = residual_branches(model, len(self.handle.layers) - 1)
         self._cache = _PrefixCache(self.device, cache_bytes, host_cache_bytes)
+        self._heads: OrderedDict[tuple[int, ...], tuple[list[torch.Tensor], list[torch.Tensor], VARState]] = (
+            OrderedDict()
+        )
 
     @property
     def cache_stats(self) -> CacheStats:
@@ -199,6 +203,7 @@ class EvalEngine:
 
     def close(self) -> None:
         self._cache.clear()
+        self._heads.clear()
         self.handle.remove()
 
     # ------------------------------------------------------------------ public
@@ -318,23 +323,28 @@ class EvalEngine:
         prompt_len = ids.shape[1]
         if prefix_len >= prompt_len:
             raise VarsweepError(f"example {example.id}: no text after the image; VAR has nothing to act on")
-        state = self.handle.new_state(prompt_len=prompt_len)
-        prefix = {"input_ids": ids[:, :prefix_len], "pixel_values": inputs["pixel_values"]}
+        head_len = int(image[0])  # the text before the image: the same in every example of a prompt format
         positions = torch.arange(prompt_len, device=ids.device)[None]
+        chunk = {"input_ids": ids[:, head_len:prefix_len], "pixel_values": inputs["pixel_values"]}
         if "image_grid_thw" in inputs:  # Qwen2-VL: explicit M-RoPE positions, stateless across calls
             positions, _ = self.model.model.get_rope_index(
                 ids, mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"]
             )
-            prefix |= {
+            chunk |= {
                 "image_grid_thw": inputs["image_grid_thw"],
-                "mm_token_type_ids": inputs["mm_token_type_ids"][:, :prefix_len],
-                "position_ids": positions[:, :, :prefix_len],
+                "mm_token_type_ids": inputs["mm_token_type_ids"][:, head_len:prefix_len],
             }
+        chunk["position_ids"] = positions[..., head_len:prefix_len]
+        cache = DynamicCache(config=self.text_config)
+        state = self.handle.new_state(prompt_len=prompt_len)
+        if head_len > 0:
+            head_keys, head_values, head_state = self._head(ids[:, :head_len], positions[..., :head_len])
+            for layer, (key, value) in enumerate(zip(head_keys, head_values, strict=True)):
+                cache.update(key, value, layer)
+            state = head_state.continued(prompt_len)
         self.handle.enable()
         # the backbone (no LM head for prefix positions), stopped once the last layer's keys are cached
-        cache = self.handle.prefill(
-            self.model.model, past_key_values=DynamicCache(config=self.text_config), var_state=state, **prefix
-        )
+        cache = self.handle.prefill(self.model.model, past_key_values=cache, var_state=state, **chunk)
         option_ids = None
         if task.answer_mode == "options":
             tokenizer = getattr(self.processor, "tokenizer", self.processor)
@@ -350,6 +360,28 @@ class EvalEngine:
             suffix_positions=positions[..., prefix_len:],
             option_ids=option_ids,
         )
+
+    def _head(
+        self, ids: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], VARState]:
+        """Keys, values and sink-score components of a prompt's text before the image, computed once per text."""
+        key = tuple(ids[0].tolist())
+        if key in self._heads:
+            self._heads.move_to_end(key)
+            return self._heads[key]
+        state = self.handle.new_state()
+        self.handle.enable()
+        cache = self.handle.prefill(
+            self.model.model,
+            input_ids=ids,
+            position_ids=positions,
+            past_key_values=DynamicCache(config=self.text_config),
+            var_state=state,
+        )
+        self._heads[key] = ([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers], state)
+        while len(self._heads) > _HEADS_KEPT:
+            self._heads.popitem(last=False)
+        return self._heads[key]
 
     def _run(
         self,
