@@ -99,7 +99,7 @@ def shared_prefix_attention(
     q = query.to(dtype) * scale
 
     # prefix: one product per key-value head for all rows of all configurations
-    exp_prefix = torch.bmm(_flat(q, kv_heads), prefix_key[0].to(dtype).transpose(1, 2))  # [H_kv, R, P] logits
+    exp_prefix = torch.bmm(_flat(q, kv_heads).contiguous(), prefix_key[0].to(dtype).transpose(1, 2))  # [H_kv, R, P] logits
     logits_own = masked_logits(torch.matmul(q, repeat_kv(key, groups).to(dtype).transpose(2, 3)), mask)
     peak = torch.maximum(_rows(exp_prefix.amax(-1), *shape), logits_own.amax(-1))  # [B, H, q]
     exp_prefix.sub_(_flat(peak, kv_heads)[..., None]).exp_()

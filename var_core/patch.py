@@ -100,6 +100,9 @@ class VARState:
     stats_counted: set[int] = field(default_factory=set)  # layers whose sink counts entered the stats
     shared_prefix: SharedPrefix | None = None  # the cache holds only the keys after it (see SharedPrefix)
     kv_only: bool = False  # the call only fills the cache: the last layer stops once its keys are written
+    # only the last position's output of the last layer is read (the caller runs that layer's output projection
+    # and MLP on it alone): with a shared prefix, the last layer attends from that position only
+    last_position_only: bool = False
     _call_start: int = 0
     _call_len: int = 0
 
@@ -491,6 +494,10 @@ class VARHandle:
     ) -> tuple[torch.Tensor, None]:
         """Every row of a call that continues a shared prefix (all after the image): see shared_prefix_attention."""
         layer, batch, n_keys = module.layer_idx, query.shape[0], shared.length + key.shape[2]
+        n_query = query.shape[2]
+        if state.last_position_only and layer == self.num_layers - 1:
+            query = query[:, :, -1:]
+            attention_mask = attention_mask[..., -1:, :] if attention_mask is not None else None
         params = self._params(batch, query.device)
         rows = torch.ones(batch, query.shape[2], dtype=torch.bool, device=query.device)
         rows &= params.layer_active(layer, self.num_layers).to(query.device)[:, None]
@@ -511,7 +518,7 @@ class VARHandle:
         )
         if self.collect_stats:
             self._record_stats(layer, state, result, visual, sinks, rows)
-        return out, None
+        return out.expand(-1, n_query, -1, -1), None
 
     def _record_stats(
         self,

@@ -404,6 +404,7 @@ class EvalEngine:
             "use_cache": True,
             "logits_to_keep": 1,
         }
+        kwargs["var_state"].last_position_only = True  # see _last_position_only
         var_rows = any(c is not None for c in configs)
         if var_rows:
             self.handle.enable()
