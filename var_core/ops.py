@@ -122,7 +122,8 @@ def row_params(
     if len(conventions) > 1:
         raise ConfigError(f"configs of one batch must share a convention, got {sorted(conventions)}")
     convention = conventions.pop() if conventions else "paper"
-    off = VARConfig(convention=convention, first_layer=_NO_LAYER)
+    # VAR off: no layer to modify, and sinks keep all their attention should a caller ask anyway
+    off = VARConfig(convention=convention, p=0.0 if convention == "paper" else 1.0, first_layer=_NO_LAYER)
     configs = [off if c is None else c for c in given]
 
     # float64, so that thresholds and fractions are exact; redistribute casts them to the attention's dtype.

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from var_core import ConfigError, VARConfig, redistribute, sink_mask, sink_scores
+from var_core.ops import row_params
 
 
 def reference_row(a: list[float], visual: list[bool], sinks: list[bool], cfg: VARConfig) -> tuple[list[float], bool]:
@@ -191,3 +192,22 @@ def test_phi_bounded_by_sqrt_d():
     x = torch.randn(4, 10, 64)
     x[..., 3] = 1e6
     assert (sink_scores(x, [3]) <= math.sqrt(64) + 1e-4).all()
+
+
+def test_none_row_is_var_off():
+    configs = [None, VARConfig(p=0.9, rho=0.0, summ=0.0)]
+    for convention in ("paper", "official"):
+        configs[1] = VARConfig(p=0.9, rho=0.0 if convention == "paper" else 1.0, summ=0.0, convention=convention)
+        params = row_params(configs, batch=2)
+        assert params.convention == convention
+        assert not any(bool(params.layer_active(layer, 32)[0]) for layer in range(32))
+        assert bool(params.layer_active(2, 32)[1])
+        generator = torch.Generator().manual_seed(0)
+        attn = torch.softmax(torch.randn(2, 3, 4, 10, generator=generator), dim=-1)
+        visual = torch.zeros(2, 10, dtype=torch.bool)
+        visual[:, 2:8] = True
+        sinks = torch.zeros(2, 10, dtype=torch.bool)
+        sinks[:, [0, 3]] = True
+        new, _ = redistribute(attn, visual, sinks, torch.ones(2, 4, dtype=torch.bool), params)
+        assert torch.equal(new[0], attn[0])  # even when asked, a VAR-off row moves nothing
+        assert not torch.allclose(new[1], attn[1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from support import build_prompt, make_image
+from transformers import DynamicCache
 
 import var_core
 from var_core import UnsupportedModelError, VARConfig, discover_sink_dims, patch, redistribute, sink_scores
@@ -41,6 +42,25 @@ def test_disabled_equals_unpatched_logits_and_tokens(tiny, tiny_inputs):
         assert torch.equal(model.generate(**tiny_inputs, max_new_tokens=6, do_sample=False), ref_tokens)
     assert torch.equal(logits_of(model, tiny_inputs), ref)  # removed: the model is back to itself
     assert model.config.get_text_config()._attn_implementation == "sdpa"
+
+
+def test_prefill_fills_cache_and_sink_scores_like_a_full_call(tiny, tiny_inputs):
+    _, model, _ = tiny
+    with patch(model) as handle, torch.no_grad():
+        full_state = handle.new_state()
+        full = model.model(**tiny_inputs, var_state=full_state, use_cache=True).past_key_values
+        state = handle.new_state()
+        empty = DynamicCache(config=model.config.get_text_config())
+        cache = handle.prefill(model.model, past_key_values=empty, var_state=state, **tiny_inputs)
+    assert cache is empty and not state.kv_only
+    assert len(cache.layers) == len(full.layers) == handle.num_layers
+    for stopped, whole in zip(cache.layers, full.layers, strict=True):
+        assert torch.equal(stopped.keys, whole.keys) and torch.equal(stopped.values, whole.values)
+    assert state.seen == full_state.seen == tiny_inputs["input_ids"].shape[1]
+    assert sorted(state.peak) == sorted(full_state.peak) == list(range(handle.num_layers))
+    for layer in state.peak:
+        assert torch.equal(state.peak[layer], full_state.peak[layer])
+        assert torch.equal(state.mean_sq[layer], full_state.mean_sq[layer])
 
 
 def test_only_language_model_is_routed(tiny):

@@ -12,12 +12,12 @@ from workers.tasks import get_task, option_token_ids
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-CONFIGS = [
-    None,
-    VARConfig(),
-    VARConfig(p=0.95, rho=0.2, summ=0.05),
-    VARConfig(tau=12, rho=0.6, p=0.7, except_last_layer=False),
-    VARConfig(tau=20, rho=0.5, p=0.6, convention="official"),
+# Batches as the engine meets them: VAR off as a row beside VAR configurations, a configuration that fans out at
+# layer 1 (not 2), the official convention, and VAR off alone (the unpatched attention throughout).
+GROUPS = [
+    [None, VARConfig(), VARConfig(p=0.95, rho=0.2, summ=0.05), VARConfig(tau=12, rho=0.6, p=0.7, first_layer=1, except_last_layer=False)],
+    [VARConfig(tau=20, rho=0.5, p=0.6, convention="official"), None],
+    [None],
 ]
 
 
@@ -46,18 +46,11 @@ def reference_logits(engine: EvalEngine, task, example, config):
         handle.enable()
 
 
-def split_configs(configs):
-    by_convention = {}
-    for c in configs:
-        by_convention.setdefault(None if c is None else c.convention, []).append(c)
-    return list(by_convention.values())
-
-
 def test_option_choices_equal_full_prompt_run(tiny, mmvp):
     _, model, processor = tiny
     engine = EvalEngine(model, processor, max_batch=3)
     try:
-        results = [r for group in split_configs(CONFIGS) for r in engine.evaluate(mmvp, group, mmvp.examples)]
+        results = [r for group in GROUPS for r in engine.evaluate(mmvp, group, mmvp.examples)]
         configs = [r.config for r in results]
         for result, config in zip(results, configs, strict=True):
             for example in mmvp.examples:
@@ -78,7 +71,7 @@ def test_generated_tokens_equal_generate(tiny, gqa):
     _, model, processor = tiny
     engine = EvalEngine(model, processor, max_batch=4)
     try:
-        for group in split_configs(CONFIGS):
+        for group in GROUPS:
             results = engine.evaluate(gqa, group, gqa.examples)
             for result in results:
                 handle = engine.handle
