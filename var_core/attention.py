@@ -44,15 +44,16 @@ def attention_probs(
 
 def _rows(x: torch.Tensor, batch: int, groups: int, n_query: int) -> torch.Tensor:
     """``[H_kv, B * g * q, ...]`` (one matrix per key-value head) -> ``[B, H, q, ...]``."""
-    rest = x.shape[2:]
-    return x.view(x.shape[0], batch, groups, n_query, *rest).transpose(0, 1).reshape(batch, -1, n_query, *rest)
+    kv_heads, rest = x.shape[0], x.shape[2:]
+    grouped = x.view(kv_heads, batch, groups, n_query, *rest).transpose(0, 1)
+    return grouped.reshape(batch, kv_heads * groups, n_query, *rest)
 
 
 def _flat(x: torch.Tensor, kv_heads: int) -> torch.Tensor:
     """``[B, H, q, ...]`` -> ``[H_kv, B * g * q, ...]``; head h reads key-value head h // g, as in ``repeat_kv``."""
     batch, heads, n_query, *rest = x.shape
     grouped = x.reshape(batch, kv_heads, heads // kv_heads, n_query, *rest).transpose(0, 1)
-    return grouped.reshape(kv_heads, -1, *rest)
+    return grouped.reshape(kv_heads, batch * (heads // kv_heads) * n_query, *rest)
 
 
 def shared_prefix_attention(

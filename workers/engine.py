@@ -2,13 +2,15 @@
 
 VAR only rewrites attention rows of text after the image and of generated tokens (DESIGN.md, "Why a sweep can be
 much faster"). So for each example the vision tower, the forward of the prompt up to the image end, its KV cache
-and the prefix tokens' sink-score components (:class:`var_core.VARState`) do not depend on (tau, rho, p): they
-are computed once (the last layer stops once its keys are cached), kept within a byte budget (device memory, then
-host memory, then recomputed), and every batch of configurations runs only the suffix (the question), one
-configuration per batch row: the suffix enters as one row, runs once through the layers below the first one VAR may
-modify, fans out there, and attends to the prefix through :class:`var_core.SharedPrefix` (one copy for all rows, see
-:func:`var_core.attention.shared_prefix_attention`). Option tasks score from the first answer token's logits; generation tasks decode
-greedily from the cache. Results equal a plain full-prompt run of the patched model (tests/workers prove it).
+and the prefix tokens' sink-score components (:class:`var_core.VARState`) do not depend on (tau, rho, p). They are
+computed once (the text before the image once per prompt format; the last layer stops once its keys are cached)
+and kept within a byte budget (device memory, then host memory, then recomputed). Every batch of configurations
+then runs only the suffix (the question), one configuration per batch row (VAR off is a row too): the suffix enters
+as one row, runs once through the layers below the first one VAR may modify, fans out there, and attends to the
+prefix through :class:`var_core.SharedPrefix`, one copy for all rows
+(:func:`var_core.attention.shared_prefix_attention`). Option tasks score from the last position's logits, so the
+last layer works on that position alone; generation tasks decode greedily from the cache. Results equal a plain
+full-prompt run of the patched model (tests/engine prove it).
 """
 
 from __future__ import annotations

@@ -78,6 +78,32 @@ def test_shared_prefix_matches_reference(convention, kv_heads, own_batch, with_m
         assert masses.changed.any() and not masses.changed.all()
 
 
+@pytest.mark.parametrize("edge", ["no prefix sink", "no sink at all", "no text key", "every key visual"])
+def test_edge_cases_match_reference(edge):
+    inputs = list(case(1, "paper", kv_heads=2, own_batch=4, with_mask=True))
+    visual, sinks = inputs[6].clone(), inputs[7].clone()
+    prefix_len = visual.shape[0]
+    if edge == "no prefix sink":
+        sinks[:, :prefix_len] = False
+        sinks[:, prefix_len + 1] = True
+    elif edge == "no sink at all":
+        sinks[:] = False
+    elif edge == "no text key":
+        visual[:] = True
+    else:
+        visual[:] = True
+        sinks[:, :prefix_len] = False
+    inputs[6], inputs[7] = visual, sinks
+    query, prefix_key, prefix_value, key, value, mask, visual, sinks, rows, params = inputs
+    expected, reference_result = reference(*inputs)
+    out, masses = shared_prefix_attention(
+        query, prefix_key, prefix_value, key, value, mask,
+        scaling=None, visual=visual, sinks=sinks, rows=rows, params=params,
+    )  # fmt: skip
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    assert torch.equal(masses.changed, reference_result.changed)
+
+
 def test_float32_close_to_float64():
     inputs = case(0, "paper", kv_heads=2, own_batch=1, with_mask=False)
     query, prefix_key, prefix_value, key, value, mask, visual, sinks, rows, params = inputs
