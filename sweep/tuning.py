@@ -9,13 +9,16 @@ the model lives in the ModelWorker actors, which every trial calls (ECOSYSTEM.md
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
 import math
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,6 +224,7 @@ def run_search(
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
+    reporter = _Reporter(on_trial)
     searcher = OptunaSearch(
         space=_DefineByRun(space),
         metric=OBJECTIVE,
@@ -241,13 +245,16 @@ def run_search(
         run_config=tune.RunConfig(
             name=f"varsweep-{study.study_name}".replace(":", "-").replace("/", "-"),
             storage_path=str(storage_path.resolve()),
-            callbacks=[_Reporter(on_trial)],
+            callbacks=[reporter],
             failure_config=tune.FailureConfig(max_failures=2),
             verbose=0,
         ),
     )
-    grid = tuner.fit()
+    with reporter.watching_sigint():
+        grid = tuner.fit()
     errors = [r.error for r in grid if r.error is not None]
+    if reporter.interrupted:  # Tune returned though Ctrl-C came: the sweep must still stop
+        raise KeyboardInterrupt
     if errors:
         log.warning("%d trial(s) failed after retries; first error: %s", len(errors), errors[0])
     return remaining
@@ -266,10 +273,35 @@ def _outcome(config: Mapping[str, Any], result: Mapping[str, Any]) -> TrialOutco
 
 
 class _Reporter(Callback):
-    """Tune callback on the driver: hands each completed trial to the sweep (progress line, MLflow run)."""
+    """Tune callback on the driver: hands each completed trial to the sweep (progress line, MLflow run).
+
+    It also makes Ctrl-C stick: a KeyboardInterrupt that lands inside Ray or Tune internals can be turned into a
+    trial failure and retried, so SIGINT is remembered and raised again at the next step of Tune's loop.
+    """
 
     def __init__(self, on_trial: Callable[[TrialOutcome], None]) -> None:
         self.on_trial = on_trial
+        self.interrupted = False  # a plain flag: Tune pickles its callbacks, and handlers run on the main thread
+
+    @contextlib.contextmanager
+    def watching_sigint(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def interrupt(signum: int, frame: Any) -> None:
+            self.interrupted = True
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGINT, interrupt)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         if trial.last_result and OBJECTIVE in trial.last_result:
