@@ -88,8 +88,8 @@ def shared_prefix_attention(
     sum_j alpha'_j v_j = (E_text + (1 + g) E_vis + sum_{j in sinks} e_j (a - g [j visual]) v_j + suffix) / Z,
     where E_text, E_vis = sum of e_j v_j over the prefix's text and image keys: one product of the exponentials
     with ``[v * visual | visual | 1]`` per key-value head gives E_vis and the masses V and Z; the text keys and
-    the sinks, a few columns, are gathered. Nothing of size B x P x D (copies of the prefix) or B x H x q x P beyond the
-    exponentials themselves is written.
+    the sinks, a few columns, are gathered. Nothing of size B x P x D (copies of the prefix) or B x H x q x P
+    beyond the exponentials themselves is written.
     """
     batch, heads, n_query, dim = query.shape
     kv_heads, prefix_len = prefix_key.shape[1], prefix_key.shape[2]
@@ -99,8 +99,8 @@ def shared_prefix_attention(
     scale = scaling if scaling is not None else dim**-0.5
     q = query.to(dtype) * scale
 
-    # prefix: one product per key-value head for all rows of all configurations
-    exp_prefix = torch.bmm(_flat(q, kv_heads).contiguous(), prefix_key[0].to(dtype).transpose(1, 2))  # [H_kv, R, P] logits
+    # prefix logits [H_kv, R, P]: one product per key-value head for all rows of all configurations
+    exp_prefix = torch.bmm(_flat(q, kv_heads).contiguous(), prefix_key[0].to(dtype).transpose(1, 2))
     logits_own = masked_logits(torch.matmul(q, repeat_kv(key, groups).to(dtype).transpose(2, 3)), mask)
     peak = torch.maximum(_rows(exp_prefix.amax(-1), *shape), logits_own.amax(-1))  # [B, H, q]
     exp_prefix.sub_(_flat(peak, kv_heads)[..., None]).exp_()

@@ -131,13 +131,13 @@ class VARState:
         """
         if self.visual is None or self.visual.shape[0] != 1:
             raise VarsweepError("VARState.expand needs a state of one row that has seen its prefix")
-        if shared_prefix is not None and (
-            shared_prefix.length != self.seen or int(self.image_end.max()) > shared_prefix.length  # type: ignore[union-attr]
-        ):
-            raise VarsweepError(
-                f"a shared prefix must be this state's {self.seen} tokens and hold the whole image; "
-                f"got {shared_prefix.length} tokens"
-            )
+        if shared_prefix is not None:
+            image_end = int(self.image_end.max())  # type: ignore[union-attr]
+            if shared_prefix.length != self.seen or image_end > shared_prefix.length:
+                raise VarsweepError(
+                    f"a shared prefix must be this state's {self.seen} tokens and hold the whole image; "
+                    f"got {shared_prefix.length} tokens"
+                )
 
         def grow(t: torch.Tensor) -> torch.Tensor:
             return t.expand(n, *t.shape[1:])

@@ -15,7 +15,12 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 # Batches as the engine meets them: VAR off as a row beside VAR configurations, a configuration that fans out at
 # layer 1 (not 2), the official convention, and VAR off alone (the unpatched attention throughout).
 GROUPS = [
-    [None, VARConfig(), VARConfig(p=0.95, rho=0.2, summ=0.05), VARConfig(tau=12, rho=0.6, p=0.7, first_layer=1, except_last_layer=False)],
+    [
+        None,
+        VARConfig(),
+        VARConfig(p=0.95, rho=0.2, summ=0.05),
+        VARConfig(tau=12, rho=0.6, p=0.7, first_layer=1, except_last_layer=False),
+    ],
     [VARConfig(tau=20, rho=0.5, p=0.6, convention="official"), None],
     [None],
 ]
