@@ -125,7 +125,14 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
     from sweep.search import config_from_params, space_for
     from sweep.store import BestRecord, Store
     from sweep.tracking import Tracker
-    from sweep.tuning import TrialOutcome, completed_trials, open_study, prepare_study, run_search
+    from sweep.tuning import (
+        TrialOutcome,
+        completed_trials,
+        mute_worker_output,
+        open_study,
+        prepare_study,
+        run_search,
+    )
     from workers.actor import TaskRef, WorkerPool
     from workers.models import check_model
     from workers.tasks import get_task
@@ -273,6 +280,7 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
         )  # fmt: skip
     except KeyboardInterrupt:
         status, message = "interrupted", "SIGINT"
+        mute_worker_output()
         raise
     except BaseException as e:
         message = redact_url(str(e))[:2000]

@@ -272,6 +272,17 @@ def _outcome(config: Mapping[str, Any], result: Mapping[str, Any]) -> TrialOutco
     )
 
 
+def mute_worker_output() -> None:
+    """Stop printing Ray workers' output here: after Ctrl-C they are torn down mid-call, and what they print then
+    (Ray's SIGTERM tracebacks) would bury the sweep's one-line message. Ray has no public switch for this after
+    ``ray.init(log_to_driver=True)``; without the private dispatcher this does nothing."""
+    try:
+        from ray._private.worker import global_worker_stdstream_dispatcher
+    except ImportError:
+        return
+    global_worker_stdstream_dispatcher.remove_handler("ray_print_logs")
+
+
 class _Reporter(Callback):
     """Tune callback on the driver: hands each completed trial to the sweep (progress line, MLflow run).
 
@@ -291,6 +302,7 @@ class _Reporter(Callback):
 
         def interrupt(signum: int, frame: Any) -> None:
             self.interrupted = True
+            mute_worker_output()
             raise KeyboardInterrupt
 
         previous = signal.signal(signal.SIGINT, interrupt)
