@@ -13,7 +13,13 @@ from transformers.integrations.sdpa_attention import repeat_kv
 
 from var_core.ops import Redistribution, RowParams, select_rows
 
-__all__ = ["attention_probs", "masked_logits", "shared_prefix_attention"]
+__all__ = ["attention_probs", "causal_allowed", "masked_logits", "shared_prefix_attention"]
+
+
+def causal_allowed(n_rows: int, n_keys: int, device: torch.device) -> torch.Tensor:
+    """``[q, K]`` bool: which keys each of a call's last q queries may attend to under a causal mask."""
+    rows = torch.arange(n_keys - n_rows, n_keys, device=device)[:, None]
+    return torch.arange(n_keys, device=device)[None, :] <= rows
 
 
 def masked_logits(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -23,10 +29,7 @@ def masked_logits(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tens
     transformers passes none for a causal call whose q queries are the last q of the K keys.
     """
     if mask is None:
-        n_rows, n_keys = logits.shape[-2:]
-        rows = torch.arange(n_keys - n_rows, n_keys, device=logits.device)[:, None]
-        allowed = torch.arange(n_keys, device=logits.device)[None, :] <= rows
-        return logits.masked_fill(~allowed, float("-inf"))
+        return logits.masked_fill(~causal_allowed(*logits.shape[-2:], logits.device), float("-inf"))
     return logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask.float()
 
 

@@ -30,7 +30,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
-from var_core.attention import attention_probs, shared_prefix_attention
+from var_core.attention import attention_probs, causal_allowed, shared_prefix_attention
 from var_core.config import VARConfig
 from var_core.errors import UnsupportedModelError, VarsweepError
 from var_core.families import backbone, decoder_layers, family_of, image_token_id
@@ -274,9 +274,10 @@ class VARHandle:
         self._configs = configs
         self._params_cache.clear()
         self._stats = None
-        # no configuration modifies a layer below this one: there, rows of one prompt are all alike
+        # no configuration modifies a layer below this one: there, rows of one prompt are all alike (a single
+        # input row fans out to one row per configuration here)
         first = [c.first_layer for c in configs if c is not None]
-        self._fan_out_layer = min(min(first, default=self.num_layers), self.num_layers - 1)
+        self._first_active_layer = min(min(first, default=self.num_layers), self.num_layers - 1)
 
     def disable(self) -> None:
         """Route every call to the original attention: outputs equal the unpatched model's."""
@@ -409,7 +410,7 @@ class VARHandle:
             return None
         layer, hidden = module.self_attn.layer_idx, args[0]
         state._record_layer(layer, hidden, self.sink_dims)
-        if hidden.shape[0] == 1 and state.rows > 1 and layer == self._fan_out_layer:
+        if hidden.shape[0] == 1 and state.rows > 1 and layer == self._first_active_layer:
             return (hidden.expand(state.rows, -1, -1), *args[1:]), kwargs
         return None
 
@@ -431,7 +432,7 @@ class VARHandle:
             raise _CacheFilled
         shared = state.shared_prefix if state is not None else None
         if shared is not None:
-            if self.enabled and layer >= self._fan_out_layer:
+            if self.enabled and layer >= self._first_active_layer:
                 return self._attend_shared(module, query, key, value, attention_mask, scaling, state, shared)
             # below the first layer VAR may modify (or VAR off): nothing to rewrite, the base attention serves
             key, value = shared.joined(layer, key, value)
@@ -443,7 +444,7 @@ class VARHandle:
         n_keys = key.shape[2]
         positions = torch.arange(n_keys - n_query, n_keys, device=query.device)
         after_image = positions[None, :] >= state.image_end[:, None]  # type: ignore[index]
-        if self.path == "fast" and (layer < self._fan_out_layer or not bool(after_image.any())):
+        if self.path == "fast" and (layer < self._first_active_layer or not bool(after_image.any())):
             return self._base_attention(module, query, key, value, attention_mask, **base_kwargs)
         params = self._params(batch, query.device)
         modifiable = after_image & params.layer_active(layer, self.num_layers).to(query.device)[:, None]
@@ -541,10 +542,8 @@ def _prefix_visible(
     mask: torch.Tensor | None, prefix_len: int, query: torch.Tensor, key: torch.Tensor, base: str
 ) -> torch.Tensor:
     """A call's mask over its own keys, widened to a shared prefix (all visible), in the base's format."""
-    n_query, n_keys = query.shape[2], key.shape[2]
     if mask is None:  # causal: the queries are the last of the keys
-        rows = torch.arange(n_keys - n_query, n_keys, device=query.device)[:, None]
-        allowed = (torch.arange(n_keys, device=query.device)[None, :] <= rows)[None, None]
+        allowed = causal_allowed(query.shape[2], key.shape[2], query.device)[None, None]
     else:
         own = mask if mask.dtype == torch.bool else mask == 0
         allowed = torch.cat([own.new_ones(*own.shape[:-1], prefix_len), own], dim=-1)

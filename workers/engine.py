@@ -146,6 +146,11 @@ class _PrefixCache:
         self.on_host.clear()
 
 
+def _keys_values(cache: DynamicCache) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per layer, the keys and the values a cache holds."""
+    return [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
+
+
 @contextmanager
 def _last_position_only(branches: list[nn.Module]) -> Iterator[None]:
     """Run the last decoder layer's residual branches (attention output projection, MLP) on the last position.
@@ -347,6 +352,7 @@ class EvalEngine:
         self.handle.enable()
         # the backbone (no LM head for prefix positions), stopped once the last layer's keys are cached
         cache = self.handle.prefill(self.model.model, past_key_values=cache, var_state=state, **chunk)
+        keys, values = _keys_values(cache)
         option_ids = None
         if task.answer_mode == "options":
             tokenizer = getattr(self.processor, "tokenizer", self.processor)
@@ -356,8 +362,8 @@ class EvalEngine:
             prompt_len=prompt_len,
             prefix_len=prefix_len,
             suffix_ids=ids[:, prefix_len:],
-            keys=[layer.keys for layer in cache.layers],
-            values=[layer.values for layer in cache.layers],
+            keys=keys,
+            values=values,
             state=state,
             suffix_positions=positions[..., prefix_len:],
             option_ids=option_ids,
@@ -380,7 +386,7 @@ class EvalEngine:
             past_key_values=DynamicCache(config=self.text_config),
             var_state=state,
         )
-        self._heads[key] = ([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers], state)
+        self._heads[key] = (*_keys_values(cache), state)
         while len(self._heads) > _HEADS_KEPT:
             self._heads.popitem(last=False)
         return self._heads[key]
@@ -426,8 +432,10 @@ class EvalEngine:
             if var_rows and collect_stats:
                 stats = self.handle.stats(reset=True)
                 for slot, (config, results) in enumerate(zip(configs, targets, strict=True)):
-                    for result in results if config is not None else ():
-                        one = stats.select(slot)
+                    if config is None:  # VAR off keeps no statistics
+                        continue
+                    one = stats.select(slot)
+                    for result in results:
                         result.stats = one if result.stats is None else result.stats + one
             self.handle.collect_stats = False
             self.handle.enable()
