@@ -95,6 +95,9 @@ def test_generated_tokens_equal_generate(tiny, gqa):
                     want = want[: next((i for i, t in enumerate(want) if t in eos), len(want))]
                     assert result.tokens[example.id] == want, (result.config, example.id)
                     assert len(want) > 0
+                if result.config is not None:
+                    summary = result.stats.summary()
+                    assert summary["selected_share"] > 0 and summary["mass_moved_per_row"] > 0, summary
     finally:
         engine.close()
 
