@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="total trials of the study, counting the baseline and the paper's defaults (default 20)")  # fmt: skip
     run.add_argument("--workers", type=_positive_int, default=None,
                      help="model workers (default: one per GPU, else 1)")  # fmt: skip
+    run.add_argument("--batch", type=_positive_int, default=16,
+                     help="configurations evaluated together per worker call, i.e. trials run at once (default "
+                          "16; fewer gives TPE more feedback per proposal, more keeps the workers busier)")  # fmt: skip
+    run.add_argument("--worker-cpus", type=_positive_int, default=None,
+                     help="CPUs (torch threads) of each CPU worker (default: a local Ray's cores / workers; "
+                          "1 on a cluster)")  # fmt: skip
     run.add_argument("--data-dir", help="folder that directly holds the benchmark's files")
     run.add_argument("--split", help="benchmark split or file (e.g. POPE: random, popular, adversarial)")
     run.add_argument("--limit", type=_positive_int, default=None,
@@ -147,6 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         split=args.split, limit=args.limit, study=args.study, seed=args.seed, holdout=args.holdout,
         metric=args.metric, convention=args.convention, search_summ=args.search_summ,
         tau_range=_pair(args.tau_range), rho_range=_pair(args.rho_range), p_range=_pair(args.p_range),
+        batch=args.batch, worker_cpus=args.worker_cpus,
     )  # fmt: skip
     outcome = run_sweep(request, settings)
     p = outcome.best_params

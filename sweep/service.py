@@ -10,6 +10,7 @@ import random
 import subprocess
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from sweep.settings import Settings, redact_url
 from var_core.config import Convention, VARConfig
 from var_core.errors import ConfigError, VarsweepError
 
-__all__ = ["SweepRequest", "SweepOutcome", "run_sweep", "split_groups", "data_fingerprint"]
+__all__ = ["SweepRequest", "SweepOutcome", "Utilization", "run_sweep", "split_groups", "data_fingerprint"]
 
 log = logging.getLogger("varsweep")
 
@@ -41,6 +42,8 @@ class SweepRequest:
     tau_range: tuple[float, float] | None = None
     rho_range: tuple[float, float] | None = None
     p_range: tuple[float, float] | None = None
+    batch: int = 16  # configurations per worker call: trials run at once
+    worker_cpus: int | None = None  # CPUs (torch threads) per CPU worker; None: a local Ray's cores / workers
 
     @property
     def study_name(self) -> str:
@@ -63,6 +66,38 @@ class SweepOutcome:
     stored: bool
     mlflow_run_id: str | None
     unlogged_runs: int
+    timings: dict[str, float]  # seconds: ray_start, model_load, prefixes, search, heldout, figures
+    utilization: Utilization | None  # None when no trial ran now
+
+
+@dataclass(frozen=True)
+class Utilization:
+    """How busy the workers were during the search (their own clocks), and what they did."""
+
+    busy: float  # busy seconds of all workers / (workers x search seconds)
+    evaluations: int  # (configuration, example) pairs evaluated in the search
+    evaluations_per_second: float
+    batch_sizes: dict[int, int]  # configurations per engine batch -> batches, all workers
+    torch_in_trials: int  # trial processes that had torch loaded (should be 0: trials are thin)
+
+    @classmethod
+    def between(cls, before: Sequence[Any], after: Sequence[Any], seconds: float, torch_in_trials: int) -> Utilization:
+        """From the workers' counters before and after the search (a restarted worker counts from zero)."""
+        busy = evaluations = 0.0
+        sizes: dict[int, int] = {}
+        for old, new in zip(before, after, strict=True):
+            restarted = new.pid != old.pid
+            busy += new.busy_seconds - (0.0 if restarted else old.busy_seconds)
+            evaluations += new.evaluations - (0 if restarted else old.evaluations)
+            for size, count in new.batch_sizes.items():
+                sizes[size] = sizes.get(size, 0) + count - (0 if restarted else old.batch_sizes.get(size, 0))
+        return cls(
+            busy=busy / (len(after) * seconds) if seconds > 0 else 0.0,
+            evaluations=int(evaluations),
+            evaluations_per_second=evaluations / seconds if seconds > 0 else 0.0,
+            batch_sizes={k: v for k, v in sorted(sizes.items()) if v},
+            torch_in_trials=torch_in_trials,
+        )
 
 
 def split_groups(groups: Sequence[str], *, holdout: float, seed: int) -> tuple[list[str], list[str]]:
@@ -107,14 +142,23 @@ def _default_workers() -> int:
     return max(1, int(ray.cluster_resources().get("GPU", 0))) or 1
 
 
-def _connect_ray(settings: Settings) -> None:
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _connect_ray(settings: Settings) -> bool:
+    """Join ``RAY_ADDRESS``, else start a local Ray; True when the Ray is local (started here)."""
     import ray
 
     if ray.is_initialized():
-        return
+        return settings.ray_address is None
     address = settings.ray_address
     log.info("connecting to Ray (%s)", redact_url(address or "a new local instance"))
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, include_dashboard=False)
+    # A local Ray gets one logical CPU beyond the cores: the trial processes hold it (they only wait), so a CPU
+    # worker can hold, and compute on, every core.
+    cpus = None if address else _cores() + 1
+    ray.init(address=address, num_cpus=cpus, logging_level=logging.WARNING, log_to_driver=True, include_dashboard=False)
+    return address is None
 
 
 def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path(".")) -> SweepOutcome:
@@ -125,8 +169,9 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
     from sweep.search import config_from_params, space_for
     from sweep.store import BestRecord, Store
     from sweep.tracking import Tracker
+    from sweep.trial import TrialReport
     from sweep.tuning import (
-        TrialOutcome,
+        SearchHooks,
         completed_trials,
         mute_worker_output,
         open_study,
@@ -156,6 +201,8 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
         task.group, request.convention, search_summ=request.search_summ,
         tau=request.tau_range, rho=request.rho_range, p=request.p_range,
     )  # fmt: skip
+    if request.batch < 1:
+        raise ConfigError(f"--batch {request.batch} is out of range: it must be at least 1")
 
     # 2. the stores: settings database, MLflow, then the study (the first writes of the sweep)
     store = Store(settings.database_url, retry_seconds=settings.connect_timeout)
@@ -180,8 +227,8 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
         name=f"sweep-{sweep_id[:8]}",
         params={
             "model": model_key, "task": request.task, "convention": request.convention, "metric": metric,
-            "trials": request.trials, "holdout": request.holdout, "seed": request.seed, "limit": request.limit,
-            "n_tuning_groups": len(tuning_groups), "n_heldout_groups": len(heldout_groups),
+            "trials": request.trials, "batch": request.batch, "holdout": request.holdout, "seed": request.seed,
+            "limit": request.limit, "n_tuning_groups": len(tuning_groups), "n_heldout_groups": len(heldout_groups),
             "n_tuning_examples": len(tuning_task.examples), "n_heldout_examples": len(heldout_task.examples),
         },  # fmt: skip
         tags={
@@ -189,76 +236,112 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
             "data_fingerprint": fingerprint, **{f"settings.{k}": v for k, v in settings.describe().items()},
         },  # fmt: skip
     )
+    timings: dict[str, float] = {}
+    # MLflow calls (and the per-trial figure) run on this thread, in order, so Tune's loop never waits on them
+    mlflow_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="varsweep-mlflow")
     status, message = "failed", None
     try:
         # 3. workers: the model loads once per worker; prefixes are prepared before the first trial
-        _connect_ray(settings)
+        clock = time.perf_counter()
+        local_ray = _connect_ray(settings)
+        timings["ray_start"] = time.perf_counter() - clock
         n_workers = request.workers or _default_workers()
+        cpus = request.worker_cpus or (max(1, _cores() // n_workers) if local_ray else 1)
+        clock = time.perf_counter()
         pool = WorkerPool(
             model=request.model,
             task=task_ref,
             splits={"tuning": tuning_task.examples, "heldout": heldout_task.examples},
             workers=n_workers,
+            cpus_per_worker=cpus,
+            max_batch=request.batch,
         )
         try:
             for info in pool.ready():
-                log.info("worker %s ready on %s: %s examples, model loaded in %ss",
-                         info["pid"], info["device"], info["examples"], info["load_seconds"])  # fmt: skip
-            started = time.perf_counter()
-            pool.prepare(lambda done, total: log.info("prefixes: %d/%d workers ready", done, total))
-            log.info("prefixes prepared in %.1f s", time.perf_counter() - started)
+                log.info("worker %s ready on %s (%s threads): %s examples, model loaded in %ss", info["pid"],
+                         info["device"], info["threads"], info["examples"], info["load_seconds"])  # fmt: skip
+            timings["model_load"] = time.perf_counter() - clock
+            clock = time.perf_counter()
+            pool.prepare(_every_tenth(lambda done, total: log.info("prefixes: %d/%d", done, total)))
+            timings["prefixes"] = time.perf_counter() - clock
+            log.info("prefixes prepared in %.1f s", timings["prefixes"])
 
             # 4. the search
             best_so_far: list[float] = []
+            torch_in_trials: list[int] = []
 
-            def on_trial(outcome: TrialOutcome) -> None:
-                value = outcome.objective
+            def on_start(number: int, role: str, params: dict[str, float]) -> None:
+                mlflow_thread.submit(tracker.start_trial, number=number, role=role, params=params)
+
+            def on_report(report: TrialReport) -> None:
+                value = report.objective
                 better = (max if direction == "maximize" else min)([*best_so_far, value])
                 best_so_far.append(value)
+                torch_in_trials.extend([report.number] if report.torch_loaded else [])
                 log.info(
                     "trial %d (%s): %s = %.4f (best %.4f)  tau %.2f rho %.3f p %.3f  selected %.3f moved %.4f",
-                    outcome.number, outcome.role, metric, value, better, outcome.params.get("tau", float("nan")),
-                    outcome.params.get("rho", float("nan")), outcome.params.get("p", float("nan")),
-                    outcome.var_stats.get("selected_share", 0.0), outcome.var_stats.get("mass_moved_per_row", 0.0),
+                    report.number, report.role, metric, value, better, report.params.get("tau", float("nan")),
+                    report.params.get("rho", float("nan")), report.params.get("p", float("nan")),
+                    report.var_stats.get("selected_share", 0.0), report.var_stats.get("mass_moved_per_row", 0.0),
                 )  # fmt: skip
-                run_id = tracker.log_trial(
-                    number=outcome.number,
-                    role=outcome.role,
-                    params=outcome.params,
-                    metrics={**outcome.metrics, **{f"var.{k}": v for k, v in outcome.var_stats.items()}},
-                )
-                if run_id is not None and outcome.role != "baseline":
-                    figures.log_layer_head(tracker, run_id, outcome.layer_head)
+                mlflow_thread.submit(_log_trial_run, tracker, report)
 
             log.info("study %s: %d of %d trials complete", request.study_name, already, request.trials)
+            before = pool.counters()
+            clock = time.perf_counter()
             ran = run_search(
-                study=study, space=space, trials=request.trials, actors=pool.actors, task=tuning_task,
-                metric=metric, direction=direction, concurrency=n_workers,
-                storage_path=workdir / ".varsweep" / "tune", on_trial=on_trial,
+                study=study, space=space, trials=request.trials, batch=request.batch, actors=pool.actors,
+                task=tuning_task, metric=metric, direction=direction, storage_path=workdir / ".varsweep" / "tune",
+                hooks=SearchHooks(
+                    on_start=on_start, on_report=on_report,
+                    on_error=lambda number: mlflow_thread.submit(tracker.fail_trial, number),
+                ),
             )  # fmt: skip
+            timings["search"] = time.perf_counter() - clock
+            utilization = None
+            if ran:
+                utilization = Utilization.between(before, pool.counters(), timings["search"], len(torch_in_trials))
+                log.info(
+                    "search: %d trials in %.1f s (%.2f s per trial); workers busy %.0f%% of the search; "
+                    "%.1f evaluations/s; configurations per batch: %s",
+                    ran, timings["search"], timings["search"] / ran, 100 * utilization.busy,
+                    utilization.evaluations_per_second, utilization.batch_sizes,
+                )  # fmt: skip
+                if torch_in_trials:
+                    log.warning("%d trial process(es) had torch loaded: trials are meant to be thin", len(torch_in_trials))
             done = completed_trials(study)
             if not done:
                 raise VarsweepError("no trial completed; see the errors above")
             best = study.best_trial
 
             # 5. honest evaluation: the best configuration and VAR off on the held-out split
+            clock = time.perf_counter()
             best_config = config_from_params(best.params, request.convention)
             heldout_results = pool.evaluate([None, best_config], "heldout")
             baseline_heldout = heldout_task.score(heldout_results[0].answers)[metric]
             heldout_value = heldout_task.score(heldout_results[1].answers)[metric]
+            timings["heldout"] = time.perf_counter() - clock
 
             # 6. pictures: the search, and what the best configuration (or the paper's, if VAR off won) does
+            clock = time.perf_counter()
             shown = best_config or config_from_params(space.paper_defaults(), request.convention)
             capture = ray.get(pool.actors[0].capture.remote(shown, "heldout"))
         finally:
             pool.shutdown()
+        mlflow_thread.shutdown(wait=True)  # every trial's run is written before the sweep's figures
         figures.log_sweep(tracker, study, capture, best_run=tracker.find_trial(best.number))
+        timings["figures"] = time.perf_counter() - clock
 
         tracker.tag_trial(best.number, "varsweep.best", "true")
         tracker.log_parent(
-            metrics={"best_tuning": best.value, "best_heldout": heldout_value, "baseline_heldout": baseline_heldout},
+            metrics={
+                "best_tuning": best.value, "best_heldout": heldout_value, "baseline_heldout": baseline_heldout,
+                **({"workers_busy": utilization.busy, "evaluations_per_second": utilization.evaluations_per_second}
+                   if utilization else {}),
+                **{f"seconds.{k}": v for k, v in timings.items()},
+            },
             tags={"varsweep.best_trial": str(best.number)},
-        )
+        )  # fmt: skip
         full = {"summ": 0.2, **best.params}
         stored = store.upsert_best(
             BestRecord(
@@ -276,7 +359,7 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
             trials_total=len(done), best_params=full, best_role=str(best.user_attrs.get("role", "search")),
             tuning_value=float(best.value), heldout_value=float(heldout_value),
             baseline_heldout=float(baseline_heldout), stored=stored, mlflow_run_id=tracker.parent_id,
-            unlogged_runs=tracker.unlogged(),
+            unlogged_runs=tracker.unlogged(), timings=timings, utilization=utilization,
         )  # fmt: skip
     except KeyboardInterrupt:
         status, message = "interrupted", "SIGINT"
@@ -286,7 +369,36 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
         message = redact_url(str(e))[:2000]
         raise
     finally:
-        unlogged = tracker.finish("FINISHED" if status == "completed" else "KILLED" if status == "interrupted" else "FAILED")
+        mlflow_thread.shutdown(wait=True)
+        run_status = "FINISHED" if status == "completed" else "KILLED" if status == "interrupted" else "FAILED"
+        unlogged = tracker.finish(run_status)
         if unlogged:
             log.warning("%d trial run(s) could not be logged to MLflow; they are kept in %s", unlogged, tracker.spool)
         store.finish_sweep(sweep_id, status=status, trials=len(completed_trials(study)), message=message)
+
+
+def _log_trial_run(tracker: Any, report: Any) -> None:
+    """A trial's MLflow run: its metrics, VAR's statistics and, but for VAR off, the layer x head heatmap."""
+    from sweep import figures
+
+    run_id = tracker.log_trial(
+        number=report.number,
+        role=report.role,
+        params=report.params,
+        metrics={**report.metrics, **{f"var.{k}": v for k, v in report.var_stats.items()}},
+    )
+    if run_id is not None and report.role != "baseline":
+        figures.log_layer_head(tracker, run_id, report.layer_head)
+
+
+def _every_tenth(progress: Any) -> Any:
+    """``progress(done, total)`` passed on at each tenth of the total (and at the end), not at every poll."""
+    shown = {-1}
+
+    def report(done: int, total: int) -> None:
+        tenth = done * 10 // max(total, 1)
+        if tenth not in shown:
+            shown.add(tenth)
+            progress(done, total)
+
+    return report

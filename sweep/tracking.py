@@ -64,6 +64,16 @@ class Tracker:
         self._log(self.parent_id, params=params)
         return self.parent_id
 
+    def start_trial(self, *, number: int, role: str, params: Mapping[str, Any]) -> None:
+        """Open trial ``number``'s run as it starts (RUNNING); :meth:`log_trial` ends it. If MLflow is away, the
+        run is created when the trial's record is logged."""
+        try:
+            if self._find_trial(number) is None:
+                run_id = self._create_trial_run(number, role)
+                self._log(run_id, params=params)
+        except Exception as e:
+            self._warn(e)
+
     def log_trial(
         self,
         *,
@@ -114,10 +124,22 @@ class Tracker:
         self.flush()
         if self.parent_id is not None:
             try:
+                for run in self._runs(f"tags.mlflow.parentRunId = '{self.parent_id}' and attributes.status = 'RUNNING'"):
+                    # a trial that never reported: interrupted with the sweep, or failed
+                    self.client.set_terminated(run.info.run_id, status="KILLED" if status == "KILLED" else "FAILED")
                 self.client.set_terminated(self.parent_id, status=status)
             except Exception as e:
                 self._warn(e)
         return self.unlogged()
+
+    def fail_trial(self, number: int) -> None:
+        """End trial ``number``'s run as FAILED (its trial raised)."""
+        try:
+            run_id = self._find_trial(number)
+            if run_id is not None:
+                self.client.set_terminated(run_id, status="FAILED")
+        except Exception as e:
+            self._warn(e)
 
     # ---------------------------------------------------------------- spool
     def unlogged(self) -> int:
@@ -162,19 +184,20 @@ class Tracker:
     def _write_trial(self, record: Mapping[str, Any]) -> str:
         run_id = self._find_trial(record["number"])
         if run_id is None:
-            tags = {
-                "mlflow.parentRunId": self.parent_id or "",
-                "varsweep.kind": "trial",
-                "varsweep.trial": str(record["number"]),
-                "varsweep.role": record["role"],
-                **record["tags"],
-            }
-            run_id = self.client.create_run(
-                self.experiment_id, run_name=f"trial-{record['number']:03d}-{record['role']}", tags=tags
-            ).info.run_id
-        self._log(run_id, params=record["params"], metrics=record["metrics"])
+            run_id = self._create_trial_run(record["number"], record["role"])
+            self._log(run_id, params=record["params"])
+        self._log(run_id, metrics=record["metrics"], tags=record["tags"])
         self.client.set_terminated(run_id)
         return run_id
+
+    def _create_trial_run(self, number: int, role: str) -> str:
+        tags = {
+            "mlflow.parentRunId": self.parent_id or "",
+            "varsweep.kind": "trial",
+            "varsweep.trial": str(number),
+            "varsweep.role": role,
+        }
+        return self.client.create_run(self.experiment_id, run_name=f"trial-{number:03d}-{role}", tags=tags).info.run_id
 
     def find_trial(self, number: int) -> str | None:
         """The run id of trial ``number`` of this sweep, or None (not logged, or MLflow away)."""
@@ -187,12 +210,11 @@ class Tracker:
     def _find_trial(self, number: int) -> str | None:
         if self.parent_id is None:
             return None
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.varsweep.trial = '{number}' and tags.mlflow.parentRunId = '{self.parent_id}'",
-            max_results=1,
-        )
+        runs = self._runs(f"tags.varsweep.trial = '{number}' and tags.mlflow.parentRunId = '{self.parent_id}'")
         return runs[0].info.run_id if runs else None
+
+    def _runs(self, filter_string: str) -> list[Any]:
+        return list(self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1000))
 
     def _log(
         self,

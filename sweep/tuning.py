@@ -3,8 +3,13 @@
 The study is the sweep's memory: re-running the same command loads it, fails trials a crash left RUNNING and
 queues their parameters again, seeds the sampler with the number of trials already there (so a resumed sweep does
 not replay the same random start-up), and runs only the trials still missing from ``--trials``. The baseline
-(VAR off) and the paper's defaults are queued first when the study is new. Trials hold a quarter CPU and no GPU:
-the model lives in the ModelWorker actors, which every trial calls (ECOSYSTEM.md, "Ray Tune + Optuna").
+(VAR off) and the paper's defaults are queued first when the study is new.
+
+Batches: up to ``batch`` trials run at once (Tune's concurrency), and TPE proposes each with the others still
+running counted as bad values (its constant liar), so a batch holds distinct configurations. Every trial sends its
+configuration to every ModelWorker, which gathers the concurrent ones into one engine batch. Trial processes are
+thin (:mod:`sweep.trial`: no torch) and reused from trial to trial; together the running trials hold one logical
+CPU and no GPU: the models live in the ModelWorker actors.
 """
 
 from __future__ import annotations
@@ -13,12 +18,11 @@ import contextlib
 import functools
 import inspect
 import logging
-import math
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,32 +30,18 @@ from typing import Any
 from optuna.storages import RDBStorage
 from ray.tune import Callback
 
-from sweep.search import BASELINE, PAPER_DEFAULTS, SearchSpace, config_from_params
-from var_core import VARStats
+from sweep.search import BASELINE, PAPER_DEFAULTS, SearchSpace
+from sweep.trial import OBJECTIVE, TrialReport, run_trial
 from var_core.errors import VarsweepError
 
-__all__ = ["TrialOutcome", "open_study", "prepare_study", "run_search", "completed_trials", "StudyError"]
+__all__ = ["open_study", "prepare_study", "run_search", "completed_trials", "StudyError", "SearchHooks"]
 
 log = logging.getLogger(__name__)
-OBJECTIVE = "objective"
 _ROLE = "role"
 
 
 class StudyError(VarsweepError, RuntimeError):
     """The Optuna study cannot be opened or does not match this sweep."""
-
-
-@dataclass(frozen=True)
-class TrialOutcome:
-    """One finished trial, as the driver sees it."""
-
-    number: int
-    role: str
-    params: dict[str, float]
-    objective: float
-    metrics: dict[str, float]
-    var_stats: dict[str, float]
-    layer_head: dict[str, list[list[float]]]  # "selected_share", "mean_ratio": [layers][heads]
 
 
 def _transient(error: BaseException) -> bool:
@@ -123,7 +113,7 @@ def open_study(*, name: str, url: str, direction: str, seed: int, outage_timeout
                     f"study {name!r} optimises {stored}, this sweep {direction}: use another --study or --metric"
                 )
             n_trials = len(storage.get_all_trials(study_id, deepcopy=False))
-        sampler = optuna.samplers.TPESampler(seed=seed + n_trials)
+        sampler = optuna.samplers.TPESampler(seed=seed + n_trials, constant_liar=True)
         return optuna.create_study(
             study_name=name, storage=storage, direction=direction, sampler=sampler, load_if_exists=True
         )
@@ -170,30 +160,13 @@ class _DefineByRun:
         return {"trial_number": trial.number, _ROLE: trial.user_attrs.get(_ROLE, "search")}
 
 
-def _trial_fn(config: dict[str, Any], *, actors: list[Any], task: Any, metric: str, convention: str) -> None:
-    """One trial, in a Tune trial process: every worker evaluates the configuration on its tuning examples."""
-    import ray
-    from ray import tune
+@dataclass(frozen=True)
+class SearchHooks:
+    """What the driver does as trials start and end (both called on Tune's loop: keep them quick)."""
 
-    from workers.actor import merge_results
-
-    var_config = config_from_params(config, convention)  # type: ignore[arg-type]
-    result = merge_results(ray.get([a.evaluate.remote([var_config], "tuning") for a in actors]))[0]
-    scores = task.score(result.answers)
-    # VAR off selects and moves nothing: its statistics are zeros, so runs compare column by column
-    stats = result.stats or VARStats.empty(1, 1, 1)
-    layer_head = {"selected_share": stats.selected_share[0].tolist(), "mean_ratio": stats.mean_ratio[0].tolist()}
-    value = scores[metric]
-    if not math.isfinite(value):
-        raise VarsweepError(f"metric {metric} is {value} for {config}")
-    tune.report(
-        {
-            OBJECTIVE: value,
-            **{f"metric/{k}": v for k, v in scores.items()},
-            **{f"var/{k}": v for k, v in stats.summary().items()},
-            "layer_head": layer_head,
-        }
-    )
+    on_start: Callable[[int, str, dict[str, float]], None]  # trial number, role, params
+    on_report: Callable[[TrialReport], None]
+    on_error: Callable[[int], None]  # trial number (Tune may retry it: it then starts again)
 
 
 def run_search(
@@ -201,15 +174,15 @@ def run_search(
     study: Any,
     space: SearchSpace,
     trials: int,
+    batch: int,
     actors: list[Any],
     task: Any,
     metric: str,
     direction: str,
-    concurrency: int,
     storage_path: Path,
-    on_trial: Callable[[TrialOutcome], None],
+    hooks: SearchHooks,
 ) -> int:
-    """Run the trials still missing from ``trials``; returns how many ran. ``on_trial`` sees each outcome."""
+    """Run the trials still missing from ``trials``, up to ``batch`` at once; returns how many ran."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -224,7 +197,8 @@ def run_search(
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
-    reporter = _Reporter(on_trial)
+    concurrency = max(1, min(batch, remaining))
+    reporter = _Reporter(hooks)
     searcher = OptunaSearch(
         space=_DefineByRun(space),
         metric=OBJECTIVE,
@@ -234,13 +208,15 @@ def run_search(
         sampler=study.sampler,
     )
     trainable = tune.with_resources(
-        tune.with_parameters(_trial_fn, actors=actors, task=task, metric=metric, convention=space.convention),
-        {"cpu": 0.25},
+        tune.with_parameters(run_trial, actors=actors, task=task, metric=metric, convention=space.convention),
+        {"cpu": 1 / concurrency},  # the running trials only wait on the workers: one logical CPU for them all
     )
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency), num_samples=remaining
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
+            num_samples=remaining,
+            reuse_actors=True,  # a trial process serves trial after trial: its imports are paid once
         ),
         run_config=tune.RunConfig(
             name=f"varsweep-{study.study_name}".replace(":", "-").replace("/", "-"),
@@ -260,18 +236,6 @@ def run_search(
     return remaining
 
 
-def _outcome(config: Mapping[str, Any], result: Mapping[str, Any]) -> TrialOutcome:
-    return TrialOutcome(
-        number=int(config["trial_number"]),
-        role=str(config[_ROLE]),
-        params={k: float(v) for k, v in config.items() if k in ("tau", "rho", "p", "summ")},
-        objective=float(result[OBJECTIVE]),
-        metrics={k.split("/", 1)[1]: float(v) for k, v in result.items() if k.startswith("metric/")},
-        var_stats={k.split("/", 1)[1]: float(v) for k, v in result.items() if k.startswith("var/")},
-        layer_head=dict(result.get("layer_head", {})),
-    )
-
-
 def mute_worker_output() -> None:
     """Stop printing Ray workers' output here: after Ctrl-C they are torn down mid-call, and what they print then
     (Ray's SIGTERM tracebacks) would bury the sweep's one-line message. Ray has no public switch for this after
@@ -284,15 +248,20 @@ def mute_worker_output() -> None:
 
 
 class _Reporter(Callback):
-    """Tune callback on the driver: hands each completed trial to the sweep (progress line, MLflow run).
+    """Tune callback on the driver: hands each trial's start and report to the sweep's hooks.
 
     It also makes Ctrl-C stick: a KeyboardInterrupt that lands inside Ray or Tune internals can be turned into a
     trial failure and retried, so SIGINT is remembered and raised again at the next step of Tune's loop.
     """
 
-    def __init__(self, on_trial: Callable[[TrialOutcome], None]) -> None:
-        self.on_trial = on_trial
-        self.interrupted = False  # a plain flag: Tune pickles its callbacks, and handlers run on the main thread
+    def __init__(self, hooks: SearchHooks) -> None:
+        self.hooks = hooks
+        self.interrupted = False  # a plain flag: handlers run on the main thread
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the experiment's state; the hooks (the sweep's live objects: threads,
+        # clients) stay in this process and are given again to a restored Tuner
+        return {"interrupted": self.interrupted}
 
     @contextlib.contextmanager
     def watching_sigint(self) -> Iterator[None]:
@@ -315,6 +284,14 @@ class _Reporter(Callback):
         if self.interrupted:
             raise KeyboardInterrupt
 
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        config = trial.config
+        params = {k: float(v) for k, v in config.items() if k in ("tau", "rho", "p", "summ")}
+        self.hooks.on_start(int(config["trial_number"]), str(config[_ROLE]), params)
+
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         if trial.last_result and OBJECTIVE in trial.last_result:
-            self.on_trial(_outcome(trial.config, trial.last_result))
+            self.hooks.on_report(TrialReport.from_result(trial.last_result))
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.hooks.on_error(int(trial.config["trial_number"]))

@@ -570,9 +570,13 @@ def _var_attention(
     return handle._attend(module, query, key, value, attention_mask, scaling, dropout, kwargs)
 
 
-for _base in _SUPPORTED_BASES:
-    AttentionInterface.register(_NAME.format(_base), _var_attention)
-    AttentionMaskInterface.register(_NAME.format(_base), ALL_MASK_ATTENTION_FUNCTIONS[_base])
+def _register_attention() -> None:
+    """Make VAR's attention known to transformers under one name per base implementation (done on first patch:
+    importing var_core registers nothing). The mask function is registered under the same name, else
+    transformers passes no mask at all (../docs/method.md, "Where VAR runs")."""
+    for base in _SUPPORTED_BASES:  # registering again replaces an entry with itself: harmless
+        AttentionInterface.register(_NAME.format(base), _var_attention)
+        AttentionMaskInterface.register(_NAME.format(base), ALL_MASK_ATTENTION_FUNCTIONS[base])
 
 
 def patch(
@@ -604,6 +608,7 @@ def patch(
             f"VAR runs on top of the 'sdpa' or 'eager' attention of the language model; it uses {base!r}. "
             "Load the model with attn_implementation='sdpa'."
         )
+    _register_attention()
     handle = VARHandle(model, config, sink_dims=dims, base_implementation=base, path=path)
     handle._install()
     return handle

@@ -1,16 +1,21 @@
 """Attention statistics of a VAR patch, per configuration slot, layer and head.
 
 Gathered only while ``handle.collect_stats`` is True. Counts are sums, so statistics of several batches merge
-with ``+``; the derived views (shares, means) divide at the end.
+with ``+``; the derived views (shares, means) divide at the end. The sums are small float64 numpy arrays on the
+host: a result that carries them crosses process boundaries (Ray) without torch on the other side.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
-from var_core.ops import Redistribution
+if TYPE_CHECKING:
+    import torch
+
+    from var_core.ops import Redistribution
 
 __all__ = ["VARStats"]
 
@@ -22,19 +27,19 @@ class VARStats:
     C is the number of configurations of the patch (one per batch row when several are set).
     """
 
-    visual_sinks: torch.Tensor  # [C, L] visual sink tokens, summed over sequences
-    text_sinks: torch.Tensor  # [C, L]
-    sequences: torch.Tensor  # [C, L] sequences whose sinks were counted
-    rows: torch.Tensor  # [C, L, H] modifiable (query) rows seen
-    selected: torch.Tensor  # [C, L, H] rows that passed the selection tests
-    ratio_sum: torch.Tensor  # [C, L, H] sum of r (visual non-sink share) over rows with visual mass
-    ratio_rows: torch.Tensor  # [C, L, H] rows with visual mass
-    moved: torch.Tensor  # [C, L, H] attention mass taken from sinks and given to visual non-sinks
+    visual_sinks: np.ndarray  # [C, L] visual sink tokens, summed over sequences
+    text_sinks: np.ndarray  # [C, L]
+    sequences: np.ndarray  # [C, L] sequences whose sinks were counted
+    rows: np.ndarray  # [C, L, H] modifiable (query) rows seen
+    selected: np.ndarray  # [C, L, H] rows that passed the selection tests
+    ratio_sum: np.ndarray  # [C, L, H] sum of r (visual non-sink share) over rows with visual mass
+    ratio_rows: np.ndarray  # [C, L, H] rows with visual mass
+    moved: np.ndarray  # [C, L, H] attention mass taken from sinks and given to visual non-sinks
 
     @classmethod
     def empty(cls, configs: int, layers: int, heads: int) -> VARStats:
-        def z(*shape: int) -> torch.Tensor:
-            return torch.zeros(*shape, dtype=torch.float64)
+        def z(*shape: int) -> np.ndarray:
+            return np.zeros(shape, dtype=np.float64)
 
         return cls(
             visual_sinks=z(configs, layers),
@@ -60,47 +65,45 @@ class VARStats:
         """Accumulate one attention call of ``layer``: masks ``[B, K]``, modifiable rows ``[B, Q]``."""
         batch = rows.shape[0]
         # one slot per row when each row has its own configuration, else a single slot
-        slot = torch.arange(batch) if self.rows.shape[0] == batch else torch.zeros(batch, dtype=torch.long)
+        slot = np.arange(batch) if self.rows.shape[0] == batch else np.zeros(batch, dtype=np.int64)
         row_mask = rows[:, None, :].expand_as(result.selected)
         has_mass = row_mask & (result.visual_mass > 0)
-        ratio = torch.where(has_mass, result.receiver_mass / result.visual_mass.clamp_min(1e-30), 0.0)
+        ratio = (result.receiver_mass / result.visual_mass.clamp_min(1e-30)).masked_fill(~has_mass, 0.0)
 
-        def accumulate(target: torch.Tensor, values: torch.Tensor) -> None:
-            target[:, layer].index_add_(0, slot, values.double().cpu())
+        def accumulate(target: np.ndarray, values: torch.Tensor) -> None:
+            np.add.at(target[:, layer], slot, values.detach().double().cpu().numpy())
 
-        accumulate(self.rows, row_mask.float().sum(-1))
-        accumulate(self.selected, (result.selected & row_mask).float().sum(-1))
+        accumulate(self.rows, row_mask.sum(-1))
+        accumulate(self.selected, (result.selected & row_mask).sum(-1))
         accumulate(self.ratio_sum, ratio.sum(-1))
-        accumulate(self.ratio_rows, has_mass.float().sum(-1))
+        accumulate(self.ratio_rows, has_mass.sum(-1))
         accumulate(self.moved, result.moved_mass.sum(-1))
         if count_sinks:
-            accumulate(self.visual_sinks, (sinks & visual).float().sum(-1))
-            accumulate(self.text_sinks, (sinks & ~visual).float().sum(-1))
-            accumulate(self.sequences, torch.ones(batch))
+            accumulate(self.visual_sinks, (sinks & visual).sum(-1))
+            accumulate(self.text_sinks, (sinks & ~visual).sum(-1))
+            self.sequences[:, layer] += np.bincount(slot, minlength=self.sequences.shape[0])
 
     def __add__(self, other: VARStats) -> VARStats:
-        return VARStats(**{name: getattr(self, name) + getattr(other, name) for name in self.__dataclass_fields__})
+        return VARStats(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
     def select(self, slot: int) -> VARStats:
         """The statistics of one configuration slot (keeps a leading axis of 1)."""
-        return VARStats(
-            **{name: getattr(self, name)[slot : slot + 1].clone() for name in self.__dataclass_fields__}
-        )
+        return VARStats(**{f.name: getattr(self, f.name)[slot : slot + 1].copy() for f in fields(self)})
 
     @property
-    def selected_share(self) -> torch.Tensor:
+    def selected_share(self) -> np.ndarray:
         """[C, L, H] share of modifiable (head, query) rows that were selected."""
-        return self.selected / self.rows.clamp_min(1)
+        return self.selected / np.maximum(self.rows, 1)
 
     @property
-    def mean_ratio(self) -> torch.Tensor:
+    def mean_ratio(self) -> np.ndarray:
         """[C, L, H] mean visual non-sink ratio r over rows with visual attention."""
-        return self.ratio_sum / self.ratio_rows.clamp_min(1)
+        return self.ratio_sum / np.maximum(self.ratio_rows, 1)
 
     @property
-    def mean_moved(self) -> torch.Tensor:
+    def mean_moved(self) -> np.ndarray:
         """[C, L, H] mean attention mass moved per modifiable row."""
-        return self.moved / self.rows.clamp_min(1)
+        return self.moved / np.maximum(self.rows, 1)
 
     def summary(self, slot: int | None = None) -> dict[str, float]:
         """Scalars for tracking: totals over layers and heads, for one slot or all."""

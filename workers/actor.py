@@ -1,9 +1,12 @@
 """ModelWorker, the Ray actor that hosts one model, and WorkerPool, which fans configurations out to N of them.
 
-A worker loads its model once (cuda when present, else cpu), loads the task from the same arguments as the driver,
-keeps its shard's prefixes in an :class:`~workers.engine.EvalEngine`, and evaluates batches of configurations on
-one split of its shard. Concurrent calls (several trials at once) are micro-batched: calls that arrive while the
-engine is busy are evaluated together, one configuration per batch row. After a crash Ray restarts the actor
+A worker loads its model once (cuda when present, else cpu, with as many torch threads as CPUs it holds), loads
+the task from the same arguments as the driver, keeps its shard's prefixes in an :class:`~workers.engine.EvalEngine`,
+and evaluates batches of configurations on one split of its shard. Concurrent calls (one per running trial) are
+gathered into one engine batch, one configuration per batch row: a call that finds the engine free waits until
+``max_batch`` configurations are pending or no call has arrived for ``gather_idle`` seconds (``gather_max`` at
+most); calls that arrive while the engine is busy form the next batch. Each worker counts its busy seconds, so the
+sweep reports how much of the search the workers really worked. After a crash Ray restarts the actor
 (``max_restarts``); the new process reloads the model and rebuilds its prefix cache on first use, and Ray retries
 the calls that were in flight (``max_task_retries``).
 """
@@ -14,13 +17,15 @@ import asyncio
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from var_core import VARConfig
+from var_core.config import VARConfig
+from workers.results import ConfigResult, merge_results
 
-__all__ = ["TaskRef", "ModelWorker", "WorkerPool", "merge_results"]
+__all__ = ["TaskRef", "ModelWorker", "WorkerPool", "WorkerCounters", "merge_results"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,20 @@ class TaskRef:
         return get_task(self.name, data_dir=self.data_dir, split=self.split, limit=self.limit)
 
 
+@dataclass(frozen=True)
+class WorkerCounters:
+    """What one worker did since it started (a restarted worker starts again from zero)."""
+
+    pid: int
+    calls: int  # evaluate() calls received
+    batches: int  # engine batches run
+    batch_sizes: dict[int, int]  # configurations per batch -> how many batches had that many
+    evaluations: int  # (configuration, example) pairs evaluated
+    busy_seconds: float  # time spent in the engine: preparing prefixes, evaluating, capturing
+    prepared: int  # prefixes computed
+    prepare_seconds: float
+
+
 class ModelWorker:
     """Hosts one model and evaluates configurations on its shard (use as a Ray actor: ``WorkerPool`` does)."""
 
@@ -49,9 +68,12 @@ class ModelWorker:
         model: str,
         task: TaskRef,
         shard: dict[str, list[str]],
+        threads: int | None = None,
         cache_bytes: int = 8 << 30,
         host_cache_bytes: int = 32 << 30,
         max_batch: int = 16,
+        gather_idle: float = 0.25,
+        gather_max: float = 2.0,
         dtype: str | None = None,
     ) -> None:
         import torch
@@ -60,6 +82,8 @@ class ModelWorker:
         from workers.models import load_model
 
         started = time.perf_counter()
+        if threads is not None:  # Ray caps a CPU actor's threads by its CPUs; use every CPU it holds
+            torch.set_num_threads(threads)
         self.model_name = model
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.task = task.load()
@@ -73,100 +97,111 @@ class ModelWorker:
             model_obj, processor, cache_bytes=cache_bytes, host_cache_bytes=host_cache_bytes, max_batch=max_batch
         )
         self.load_seconds = time.perf_counter() - started
+        self.max_batch = max_batch
+        self.gather_idle, self.gather_max = gather_idle, gather_max
         self._lock = asyncio.Lock()
+        self._arrived = asyncio.Event()
         self._pending: list[tuple[list[VARConfig | None], str, asyncio.Future]] = []
-        self.calls = 0
-        self.batches = 0
+        self._calls = 0
+        self._batch_sizes: Counter[int] = Counter()
+        self._evaluations = 0
+        self._busy = 0.0
 
     async def ready(self) -> dict[str, Any]:
         """Who this worker is: for the driver's log and for tests."""
+        import torch
+
         return {
             "pid": os.getpid(),
             "model": self.model_name,
             "device": self.device,
+            "threads": torch.get_num_threads(),
             "examples": {split: len(examples) for split, examples in self.shard.items()},
             "load_seconds": round(self.load_seconds, 2),
             "prepared": self.engine.cache_stats.prepared,
         }
 
     async def prepare(self, splits: Sequence[str] | None = None) -> int:
-        """Compute the prefixes of this shard (logged as it goes); returns how many examples are ready."""
+        """Compute the prefixes of this shard; returns how many examples are ready (see :meth:`counters`)."""
         examples = [e for split in (splits or list(self.shard)) for e in self.shard.get(split, [])]
-        step = max(1, len(examples) // 10)
-
-        def progress(done: int, total: int) -> None:
-            if done % step == 0 or done == total:
-                log.info("worker %s: prepared %d/%d prefixes", os.getpid(), done, total)
-
         async with self._lock:
-            await asyncio.to_thread(self.engine.prepare, self.task, examples, progress)
+            await self._busy_in(self.engine.prepare, self.task, examples)
         return len(examples)
 
-    async def evaluate(self, configs: list[VARConfig | None], split: str) -> list[Any]:
-        """Results (``ConfigResult``) of ``configs`` on this worker's examples of ``split``.
+    async def evaluate(self, configs: list[VARConfig | None], split: str) -> list[ConfigResult]:
+        """Results of ``configs`` on this worker's examples of ``split``, in the order of ``configs``.
 
-        Calls that arrive while another is running are queued and then evaluated as one batch.
+        Concurrent calls are gathered and evaluated as one batch (see the module docstring).
         """
         if split not in self.shard:
             raise KeyError(f"unknown split {split!r}; this worker has {sorted(self.shard)}")
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending.append((list(configs), split, future))
-        self.calls += 1
+        self._calls += 1
+        self._arrived.set()
         async with self._lock:
             if not future.done():
+                await self._gather()
                 await self._run_pending()
         return await future
+
+    async def _gather(self) -> None:
+        """Wait, with the engine free, until a batch's worth of configurations is pending or calls stop coming."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.gather_max
+        while sum(len(configs) for configs, _, _ in self._pending) < self.max_batch:
+            self._arrived.clear()
+            wait = min(self.gather_idle, deadline - loop.time())
+            if wait <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout=wait)
+            except TimeoutError:
+                return
 
     async def _run_pending(self) -> None:
         pending, self._pending = self._pending, []
         for split in dict.fromkeys(s for _, s, _ in pending):
             group = [(c, f) for c, s, f in pending if s == split]
             flat = [config for configs, _ in group for config in configs]
-            self.batches += 1
+            self._batch_sizes[len(flat)] += 1
             try:
-                results = await asyncio.to_thread(self.engine.evaluate, self.task, flat, self.shard[split])
+                results = await self._busy_in(self.engine.evaluate, self.task, flat, self.shard[split])
             except Exception as e:  # delivered to every waiting caller, which re-raises it
                 for _, future in group:
                     future.set_exception(e)
                 continue
+            self._evaluations += len(flat) * len(self.shard[split])
             start = 0
             for configs, future in group:
                 future.set_result(results[start : start + len(configs)])
                 start += len(configs)
 
+    async def _busy_in(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` on a thread (the event loop keeps taking calls) and count the time as busy."""
+        started = time.perf_counter()
+        try:
+            return await asyncio.to_thread(fn, *args)
+        finally:
+            self._busy += time.perf_counter() - started
+
     async def capture(self, config: VARConfig, split: str, index: int = 0) -> dict[str, Any]:
         """Attention before/after VAR on example ``index`` of ``split`` (see ``EvalEngine.capture``)."""
         async with self._lock:
-            return await asyncio.to_thread(self.engine.capture, self.task, self.shard[split][index], config)
+            return await self._busy_in(self.engine.capture, self.task, self.shard[split][index], config)
 
-    async def counters(self) -> dict[str, int]:
-        return {"calls": self.calls, "batches": self.batches, "prepared": self.engine.cache_stats.prepared}
-
-
-def merge_results(per_worker: Sequence[Sequence[Any]], order: Sequence[str] | None = None) -> list[Any]:
-    """Join the workers' ``ConfigResult`` lists (same configs, disjoint examples) into one list.
-
-    With ``order`` (example ids), every per-example dict follows it, whatever worker answered first.
-    """
-    from workers.engine import ConfigResult
-
-    def ordered(parts: dict[str, Any]) -> dict[str, Any]:
-        return parts if order is None else {i: parts[i] for i in order if i in parts}
-
-    merged = []
-    for parts in zip(*per_worker, strict=True):
-        result = ConfigResult(config=parts[0].config)
-        for part in parts:
-            result.answers.update(part.answers)
-            result.choices.update(part.choices)
-            result.tokens.update(part.tokens)
-            if part.stats is not None:
-                result.stats = part.stats if result.stats is None else result.stats + part.stats
-        result.answers, result.choices, result.tokens = (
-            ordered(result.answers), ordered(result.choices), ordered(result.tokens)
+    async def counters(self) -> WorkerCounters:
+        cache = self.engine.cache_stats
+        return WorkerCounters(
+            pid=os.getpid(),
+            calls=self._calls,
+            batches=sum(self._batch_sizes.values()),
+            batch_sizes=dict(sorted(self._batch_sizes.items())),
+            evaluations=self._evaluations,
+            busy_seconds=self._busy,
+            prepared=cache.prepared,
+            prepare_seconds=cache.prepare_seconds,
         )
-        merged.append(result)
-    return merged
 
 
 class WorkerPool:
@@ -179,18 +214,23 @@ class WorkerPool:
         task: TaskRef,
         splits: dict[str, Sequence[Any]],
         workers: int,
+        cpus_per_worker: int = 1,
         max_restarts: int = 2,
         **worker_kwargs: Any,
     ) -> None:
-        """``splits`` maps split name -> examples; each split is dealt to workers by group, round robin."""
+        """``splits`` maps split name -> examples; each split is dealt to workers by group, round robin.
+
+        Without GPUs, each worker holds ``cpus_per_worker`` CPUs and runs that many torch threads.
+        """
         import ray
 
         if workers < 1:
             raise ValueError(f"workers={workers} must be >= 1")
         gpus = ray.cluster_resources().get("GPU", 0)
+        use_gpu = gpus >= 1
         actor_cls = ray.remote(ModelWorker).options(
-            num_gpus=1 if gpus >= 1 else 0,
-            num_cpus=0 if gpus >= 1 else 1,
+            num_gpus=1 if use_gpu else 0,
+            num_cpus=0 if use_gpu else cpus_per_worker,
             max_restarts=max_restarts,
             max_task_retries=max_restarts,
             max_concurrency=64,
@@ -202,8 +242,11 @@ class WorkerPool:
             owner = {g: i % workers for i, g in enumerate(groups)}
             for e in examples:
                 shards[owner[e.group]][name].append(e.id)
+        self.examples = sum(len(examples) for examples in splits.values())
+        threads = None if use_gpu else cpus_per_worker
         self.actors = [
-            actor_cls.remote(model=model, task=task, shard=shard, **worker_kwargs) for shard in shards
+            actor_cls.remote(model=model, task=task, shard=shard, threads=threads, **worker_kwargs)
+            for shard in shards
         ]
 
     def ready(self, timeout: float | None = None) -> list[dict[str, Any]]:
@@ -211,19 +254,24 @@ class WorkerPool:
 
         return ray.get([a.ready.remote() for a in self.actors], timeout=timeout)
 
-    def prepare(self, progress: Callable[[int, int], None] | None = None) -> int:
-        """Prepare every worker's prefixes; ``progress(workers done, workers)`` as they finish."""
+    def prepare(self, progress: Callable[[int, int], None] | None = None, *, interval: float = 0.5) -> int:
+        """Prepare every worker's prefixes; ``progress(prefixes ready, prefixes)`` every ``interval`` seconds."""
         import ray
 
-        refs = [a.prepare.remote() for a in self.actors]
-        total, done, remaining = 0, 0, list(refs)
+        remaining = [a.prepare.remote() for a in self.actors]
+        total = 0
         while remaining:
-            finished, remaining = ray.wait(remaining, num_returns=1)
-            total += ray.get(finished[0])
-            done += 1
+            finished, remaining = ray.wait(remaining, num_returns=len(remaining), timeout=interval)
+            total += sum(ray.get(finished))
             if progress is not None:
-                progress(done, len(refs))
+                ready = sum(c.prepared for c in self.counters())
+                progress(min(ready, self.examples) if remaining else self.examples, self.examples)
         return total
+
+    def counters(self) -> list[WorkerCounters]:
+        import ray
+
+        return ray.get([a.counters.remote() for a in self.actors])
 
     def evaluate(self, configs: Sequence[VARConfig | None], split: str) -> list[Any]:
         """Every configuration on every worker's shard of ``split``, merged, in the order of ``configs``."""

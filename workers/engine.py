@@ -19,16 +19,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import DynamicCache
 
-from var_core import SharedPrefix, VARConfig, VARHandle, VARState, VARStats, family_of, patch
+from var_core import SharedPrefix, VARConfig, VARHandle, VARState, family_of, patch
 from var_core.errors import VarsweepError
 from var_core.families import image_token_id, residual_branches
+from workers.results import ConfigResult
 from workers.tasks import Example, Task, option_token_ids
 
 __all__ = ["EvalEngine", "ConfigResult", "Prepared", "CacheStats"]
@@ -83,17 +84,6 @@ class Prepared:
             suffix_positions=move(self.suffix_positions),
             option_ids=self.option_ids,
         )
-
-
-@dataclass
-class ConfigResult:
-    """One configuration's results over the examples it was evaluated on."""
-
-    config: VARConfig | None  # None: VAR off (the baseline)
-    answers: dict[str, str] = field(default_factory=dict)  # example id -> raw answer text
-    choices: dict[str, int] = field(default_factory=dict)  # option tasks: index of the chosen option
-    tokens: dict[str, list[int]] = field(default_factory=dict)  # generation tasks: generated token ids
-    stats: VARStats | None = None
 
 
 @dataclass

@@ -67,8 +67,8 @@ def test_concurrent_calls_are_micro_batched(local_ray, task_ref):
         for i, (result,) in enumerate(results):
             assert result.choices == want[i // 3]
         counters = ray.get(pool.actors[0].counters.remote())
-        assert counters["calls"] == 9 and counters["batches"] < 9  # calls that waited ran as one batch
-        assert counters["prepared"] == len(task.examples)
+        assert counters.calls == 9 and counters.batches < 9  # calls that waited ran as one batch
+        assert counters.prepared == len(task.examples)
     finally:
         pool.shutdown()
 
