@@ -11,6 +11,7 @@ tokens get a massive value in :data:`TINY_SINK_DIMS`, recorded in ``config.text_
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -492,7 +493,12 @@ def near_tie_answers(
     weight[ids] = (rows.mean(dim=0) + 0.05 * rows.std() * noise).to(weight.dtype)
 
 
-PRESETS = {"tiny-llava": build_tiny_llava, "tiny-qwen2-vl": build_tiny_qwen2_vl}
+PRESETS = {
+    "tiny-llava": build_tiny_llava,
+    "tiny-qwen2-vl": build_tiny_qwen2_vl,
+    # the benchmarks' model, for sweeps measured end to end (benchmarks/sweep_service.py): LLAVA_CPU_SHAPE
+    "llava-cpu-bench": functools.partial(build_tiny_llava, LLAVA_CPU_SHAPE),
+}
 
 
 def load_model(
