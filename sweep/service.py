@@ -79,10 +79,14 @@ class Utilization:
     evaluations_per_second: float
     batch_sizes: dict[int, int]  # configurations per engine batch -> batches, all workers
     torch_in_trials: int  # trial processes that had torch loaded (should be 0: trials are thin)
+    first_call_after: float | None  # seconds from the search's start to the first trial reaching a worker
 
     @classmethod
-    def between(cls, before: Sequence[Any], after: Sequence[Any], seconds: float, torch_in_trials: int) -> Utilization:
-        """From the workers' counters before and after the search (a restarted worker counts from zero)."""
+    def between(
+        cls, before: Sequence[Any], after: Sequence[Any], *, started: float, seconds: float, torch_in_trials: int
+    ) -> Utilization:
+        """From the workers' counters before and after the search, which started at ``started`` (time.time())
+        and lasted ``seconds`` (a restarted worker counts from zero)."""
         busy = evaluations = 0.0
         sizes: dict[int, int] = {}
         for old, new in zip(before, after, strict=True):
@@ -97,6 +101,7 @@ class Utilization:
             evaluations_per_second=evaluations / seconds if seconds > 0 else 0.0,
             batch_sizes={k: v for k, v in sorted(sizes.items()) if v},
             torch_in_trials=torch_in_trials,
+            first_call_after=min((c.first_call - started for c in after if c.first_call), default=None),
         )
 
 
@@ -166,7 +171,7 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
     import ray
 
     from sweep import figures
-    from sweep.search import config_from_params, space_for
+    from sweep.search import BASELINE, config_from_params, space_for
     from sweep.store import BestRecord, Store
     from sweep.tracking import Tracker
     from sweep.trial import TrialReport
@@ -261,14 +266,18 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
                 log.info("worker %s ready on %s (%s threads): %s examples, model loaded in %ss", info["pid"],
                          info["device"], info["threads"], info["examples"], info["load_seconds"])  # fmt: skip
             timings["model_load"] = time.perf_counter() - clock
-            clock = time.perf_counter()
-            pool.prepare(_every_tenth(lambda done, total: log.info("prefixes: %d/%d", done, total)))
-            timings["prefixes"] = time.perf_counter() - clock
-            log.info("prefixes prepared in %.1f s", timings["prefixes"])
+            # the search starts its trial processes while the workers compute their prefixes; the first trials'
+            # calls wait in the workers until the prefixes are ready, and then meet there as one full batch
+            before = pool.counters()
+            search_started, clock = time.time(), time.perf_counter()
+            preparation = pool.start_preparing(
+                _every_tenth(lambda done, total: log.info("prefixes: %d/%d", done, total))
+            )
 
             # 4. the search
             best_so_far: list[float] = []
             torch_in_trials: list[int] = []
+            layer_heads: dict[int, dict[str, list[list[float]]]] = {}
 
             def on_start(number: int, role: str, params: dict[str, float]) -> None:
                 mlflow_thread.submit(tracker.start_trial, number=number, role=role, params=params)
@@ -278,6 +287,7 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
                 better = (max if direction == "maximize" else min)([*best_so_far, value])
                 best_so_far.append(value)
                 torch_in_trials.extend([report.number] if report.torch_loaded else [])
+                layer_heads[report.number] = report.layer_head
                 log.info(
                     "trial %d (%s): %s = %.4f (best %.4f)  tau %.2f rho %.3f p %.3f  selected %.3f moved %.4f",
                     report.number, report.role, metric, value, better, report.params.get("tau", float("nan")),
@@ -287,8 +297,6 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
                 mlflow_thread.submit(_log_trial_run, tracker, report)
 
             log.info("study %s: %d of %d trials complete", request.study_name, already, request.trials)
-            before = pool.counters()
-            clock = time.perf_counter()
             ran = run_search(
                 study=study, space=space, trials=request.trials, batch=request.batch, actors=pool.actors,
                 task=tuning_task, metric=metric, direction=direction, storage_path=workdir / ".varsweep" / "tune",
@@ -297,10 +305,15 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
                     on_error=lambda number: mlflow_thread.submit(tracker.fail_trial, number),
                 ),
             )  # fmt: skip
-            timings["search"] = time.perf_counter() - clock
+            timings["search"] = time.perf_counter() - clock  # prefix preparation included: they overlap
+            timings["prefixes"] = preparation.wait()
+            log.info("prefixes prepared in %.1f s", timings["prefixes"])
             utilization = None
             if ran:
-                utilization = Utilization.between(before, pool.counters(), timings["search"], len(torch_in_trials))
+                utilization = Utilization.between(
+                    before, pool.counters(), started=search_started, seconds=timings["search"],
+                    torch_in_trials=len(torch_in_trials),
+                )  # fmt: skip
                 log.info(
                     "search: %d trials in %.1f s (%.2f s per trial); workers busy %.0f%% of the search; "
                     "%.1f evaluations/s; configurations per batch: %s",
@@ -329,7 +342,13 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
         finally:
             pool.shutdown()
         mlflow_thread.shutdown(wait=True)  # every trial's run is written before the sweep's figures
-        figures.log_sweep(tracker, study, capture, best_run=tracker.find_trial(best.number))
+        best_run = tracker.find_trial(best.number)
+        figures.log_sweep(tracker, study, capture, best_run=best_run)
+        if best_run is not None and best.user_attrs.get("role") != BASELINE:
+            # the best trial's statistics: from this invocation's reports, else from its run (an earlier one)
+            layer_head = layer_heads.get(best.number) or tracker.load_dict(best_run, LAYER_HEAD)
+            if layer_head is not None:
+                figures.log_layer_head(tracker, best_run, layer_head)
         timings["figures"] = time.perf_counter() - clock
 
         tracker.tag_trial(best.number, "varsweep.best", "true")
@@ -377,18 +396,23 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
         store.finish_sweep(sweep_id, status=status, trials=len(completed_trials(study)), message=message)
 
 
-def _log_trial_run(tracker: Any, report: Any) -> None:
-    """A trial's MLflow run: its metrics, VAR's statistics and, but for VAR off, the layer x head heatmap."""
-    from sweep import figures
+LAYER_HEAD = "var/layer_head.json"  # a trial run's [layer][head] statistics
 
-    run_id = tracker.log_trial(
+
+def _log_trial_run(tracker: Any, report: Any) -> None:
+    """A trial's MLflow run: its metrics, VAR's statistics, and per layer (step = layer) the share of selected
+    rows and the mean visual non-sink ratio; the full layer x head arrays as JSON (drawn for the best trial)."""
+    per_layer = {
+        f"var.layer.{name}": [sum(heads) / len(heads) for heads in rows] for name, rows in report.layer_head.items()
+    }
+    tracker.log_trial(
         number=report.number,
         role=report.role,
         params=report.params,
         metrics={**report.metrics, **{f"var.{k}": v for k, v in report.var_stats.items()}},
+        series=per_layer,
+        artifacts={LAYER_HEAD: report.layer_head},
     )
-    if run_id is not None and report.role != "baseline":
-        figures.log_layer_head(tracker, run_id, report.layer_head)
 
 
 def _every_tenth(progress: Any) -> Any:

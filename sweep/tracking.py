@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ def _bound_http_retries(timeout: float) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(1, timeout))))
+    # a progress bar per artifact read back (one small JSON) is noise in the sweep's log
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 class Tracker:
@@ -81,10 +83,20 @@ class Tracker:
         role: str,
         params: Mapping[str, Any],
         metrics: Mapping[str, float],
+        series: Mapping[str, Sequence[float]] | None = None,
+        artifacts: Mapping[str, Any] | None = None,
         tags: Mapping[str, str] | None = None,
     ) -> str | None:
-        """A child run for Optuna trial ``number`` (continued if one exists); None when spooled."""
-        record = {"number": number, "role": role, "params": dict(params), "metrics": dict(metrics), "tags": dict(tags or {})}
+        """End Optuna trial ``number``'s run (created if it does not exist yet); None when spooled.
+
+        ``series`` are metrics logged at steps 0, 1, ... (e.g. one value per layer); ``artifacts`` maps a path to
+        JSON-able data, written as a JSON file of the run.
+        """
+        record = {
+            "number": number, "role": role, "params": dict(params), "metrics": dict(metrics),
+            "series": {k: list(v) for k, v in (series or {}).items()}, "artifacts": dict(artifacts or {}),
+            "tags": dict(tags or {}),
+        }  # fmt: skip
         if not self.flush():
             self._spool(record)
             return None
@@ -186,9 +198,22 @@ class Tracker:
         if run_id is None:
             run_id = self._create_trial_run(record["number"], record["role"])
             self._log(run_id, params=record["params"])
-        self._log(run_id, metrics=record["metrics"], tags=record["tags"])
+        self._log(run_id, metrics=record["metrics"], series=record.get("series"), tags=record["tags"])
+        for path, data in record.get("artifacts", {}).items():
+            self.client.log_dict(run_id, data, path)
         self.client.set_terminated(run_id)
         return run_id
+
+    def load_dict(self, run_id: str, path: str) -> Any:
+        """A JSON artifact of a run (see :meth:`log_trial`), or None when it cannot be read."""
+        import tempfile
+
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                return json.loads(Path(self.client.download_artifacts(run_id, path, folder)).read_text())
+        except Exception as e:
+            self._warn(e)
+            return None
 
     def _create_trial_run(self, number: int, role: str) -> str:
         tags = {
@@ -222,6 +247,7 @@ class Tracker:
         *,
         params: Mapping[str, Any] | None = None,
         metrics: Mapping[str, float] | None = None,
+        series: Mapping[str, Sequence[float]] | None = None,
         tags: Mapping[str, str] | None = None,
     ) -> None:
         import time
@@ -229,9 +255,10 @@ class Tracker:
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
+        steps = [Metric(k, float(v), now, step) for k, values in (series or {}).items() for step, v in enumerate(values)]
         self.client.log_batch(
             run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()] + steps,
             params=[Param(k, redact_url(str(v))) for k, v in (params or {}).items()],
             tags=[RunTag(k, redact_url(str(v))) for k, v in (tags or {}).items()],
         )

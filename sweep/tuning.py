@@ -184,6 +184,7 @@ def run_search(
 ) -> int:
     """Run the trials still missing from ``trials``, up to ``batch`` at once; returns how many ran."""
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
@@ -191,8 +192,9 @@ def run_search(
     if remaining <= 0:
         return 0
     # Ctrl-C must reach the sweep (which fails the running trial and stops the workers) rather than Tune's own
-    # handler, which ends fit() quietly and would let the sweep go on to a held-out run. Tune's per-trial
-    # CSV/JSON/TensorBoard files and its console tables are not wanted: MLflow and our log lines replace them.
+    # handler, which ends fit() quietly and would let the sweep go on to a held-out run. Of Tune's per-trial
+    # files only result.json is kept (its result grid reads it back); CSV, TensorBoard and the console tables are
+    # not wanted: MLflow and our log lines replace them.
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -221,7 +223,7 @@ def run_search(
         run_config=tune.RunConfig(
             name=f"varsweep-{study.study_name}".replace(":", "-").replace("/", "-"),
             storage_path=str(storage_path.resolve()),
-            callbacks=[reporter],
+            callbacks=[reporter, JsonLoggerCallback()],
             failure_config=tune.FailureConfig(max_failures=2),
             verbose=0,
         ),
@@ -250,8 +252,10 @@ def mute_worker_output() -> None:
 class _Reporter(Callback):
     """Tune callback on the driver: hands each trial's start and report to the sweep's hooks.
 
-    It also makes Ctrl-C stick: a KeyboardInterrupt that lands inside Ray or Tune internals can be turned into a
-    trial failure and retried, so SIGINT is remembered and raised again at the next step of Tune's loop.
+    It also stops the search on Ctrl-C at a safe point: the signal only sets a flag, and KeyboardInterrupt is
+    raised at the next step of Tune's loop. Raised where the signal lands, it could cut the study's database
+    transaction short (SQLite then stays locked for the rest of the sweep) or be turned into a retried trial
+    failure inside Ray or Tune. A second Ctrl-C raises at once.
     """
 
     def __init__(self, hooks: SearchHooks) -> None:
@@ -270,9 +274,10 @@ class _Reporter(Callback):
             return
 
         def interrupt(signum: int, frame: Any) -> None:
+            if self.interrupted:
+                raise KeyboardInterrupt
             self.interrupted = True
             mute_worker_output()
-            raise KeyboardInterrupt
 
         previous = signal.signal(signal.SIGINT, interrupt)
         try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -57,6 +58,7 @@ class WorkerCounters:
     busy_seconds: float  # time spent in the engine: preparing prefixes, evaluating, capturing
     prepared: int  # prefixes computed
     prepare_seconds: float
+    first_call: float | None  # wall-clock time (time.time()) of the first evaluate() call
 
 
 class ModelWorker:
@@ -72,7 +74,7 @@ class ModelWorker:
         cache_bytes: int = 8 << 30,
         host_cache_bytes: int = 32 << 30,
         max_batch: int = 16,
-        gather_idle: float = 0.25,
+        gather_idle: float = 0.5,
         gather_max: float = 2.0,
         dtype: str | None = None,
     ) -> None:
@@ -106,6 +108,7 @@ class ModelWorker:
         self._batch_sizes: Counter[int] = Counter()
         self._evaluations = 0
         self._busy = 0.0
+        self._first_call: float | None = None
 
     async def ready(self) -> dict[str, Any]:
         """Who this worker is: for the driver's log and for tests."""
@@ -138,6 +141,7 @@ class ModelWorker:
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending.append((list(configs), split, future))
         self._calls += 1
+        self._first_call = self._first_call or time.time()
         self._arrived.set()
         async with self._lock:
             if not future.done():
@@ -201,7 +205,48 @@ class ModelWorker:
             busy_seconds=self._busy,
             prepared=cache.prepared,
             prepare_seconds=cache.prepare_seconds,
+            first_call=self._first_call,
         )
+
+
+class Preparation:
+    """Prefixes being prepared on every worker of a pool; :meth:`wait` for the end (and any error)."""
+
+    def __init__(
+        self, pool: WorkerPool, progress: Callable[[int, int], None] | None, *, interval: float = 0.5
+    ) -> None:
+        import ray
+
+        self._refs = [a.prepare.remote() for a in pool.actors]
+        self._pool, self._progress, self._interval = pool, progress, interval
+        self._started = time.perf_counter()
+        self._seconds = 0.0  # set when the last worker is done
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._follow, args=(ray,), name="varsweep-prefixes", daemon=True)
+        self._thread.start()
+
+    def _follow(self, ray: Any) -> None:
+        total = self._pool.examples
+        try:
+            remaining = list(self._refs)
+            while remaining:
+                _, remaining = ray.wait(remaining, num_returns=len(remaining), timeout=self._interval)
+                if remaining and self._progress is not None:
+                    self._progress(min(total, sum(c.prepared for c in self._pool.counters())), total)
+            ray.get(self._refs)  # raises a worker's error here
+            if self._progress is not None:
+                self._progress(total, total)
+        except BaseException as e:  # handed to the caller of wait()
+            self._error = e
+        finally:
+            self._seconds = time.perf_counter() - self._started
+
+    def wait(self) -> float:
+        """Block until every prefix is ready; returns the seconds since the start, or raises a worker's error."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._seconds
 
 
 class WorkerPool:
@@ -254,19 +299,19 @@ class WorkerPool:
 
         return ray.get([a.ready.remote() for a in self.actors], timeout=timeout)
 
-    def prepare(self, progress: Callable[[int, int], None] | None = None, *, interval: float = 0.5) -> int:
-        """Prepare every worker's prefixes; ``progress(prefixes ready, prefixes)`` every ``interval`` seconds."""
-        import ray
+    def prepare(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Prepare every worker's prefixes; returns how many examples are ready (see :meth:`start_preparing`)."""
+        self.start_preparing(progress).wait()
+        return self.examples
 
-        remaining = [a.prepare.remote() for a in self.actors]
-        total = 0
-        while remaining:
-            finished, remaining = ray.wait(remaining, num_returns=len(remaining), timeout=interval)
-            total += sum(ray.get(finished))
-            if progress is not None:
-                ready = sum(c.prepared for c in self.counters())
-                progress(min(ready, self.examples) if remaining else self.examples, self.examples)
-        return total
+    def start_preparing(self, progress: Callable[[int, int], None] | None = None) -> Preparation:
+        """Start computing every worker's prefixes and return at once.
+
+        ``progress(prefixes ready, prefixes)`` is called from a driver thread as they come. Calls made meanwhile
+        (the search's first trials) wait in the workers until their prefixes are ready, so the search can start
+        its trial processes while the workers compute.
+        """
+        return Preparation(self, progress)
 
     def counters(self) -> list[WorkerCounters]:
         import ray

@@ -91,11 +91,13 @@ def cpu_ticks(pid: int) -> int:
 
 
 def test_worker_killed_mid_trial_same_best_as_undisturbed(tmp_path):
-    calm = Sweep(tmp_path / "calm", *sweep_args(6))
+    # batches of 2: the kill lands in a later batch. Ten trials or fewer are TPE's random start-up, so both
+    # sweeps propose the same configurations whatever the order their results come back in.
+    calm = Sweep(tmp_path / "calm", *sweep_args(6, "--batch", "2"))
     assert calm.finish() == 0, calm.text()[-3000:]
     calm_db = f"sqlite:///{tmp_path / 'calm' / 'varsweep.db'}"
 
-    hit = Sweep(tmp_path / "hit", *sweep_args(6))
+    hit = Sweep(tmp_path / "hit", *sweep_args(6, "--batch", "2"))
     hit.wait_for(r"trial 1 \(")
     (victim,) = worker_pids()
     # kill while the worker computes (a trial's evaluation), not while it idles between trials
@@ -127,7 +129,7 @@ def test_postgres_stopped_and_restarted_mid_sweep(tmp_path):
     server = ThrowawayPostgres(socket_dir)
     try:
         env = {"VARSWEEP_DATABASE_URL": server.url}
-        sweep = Sweep(tmp_path / "work", *sweep_args(6), env=env)
+        sweep = Sweep(tmp_path / "work", *sweep_args(6, "--batch", "2"), env=env)
         sweep.wait_for(r"trial 1 \(")
         server.stop("immediate")
         time.sleep(8)
@@ -148,7 +150,7 @@ def test_mlflow_unreachable_mid_sweep_then_back(tmp_path):
     root = tmp_path / "mlflow"
     server = MlflowServer(root)
     port = server.port
-    sweep = Sweep(tmp_path / "work", *sweep_args(6), env={"MLFLOW_TRACKING_URI": server.uri})
+    sweep = Sweep(tmp_path / "work", *sweep_args(6, "--batch", "2"), env={"MLFLOW_TRACKING_URI": server.uri})
     try:
         sweep.wait_for(r"trial 1 \(")
         server.stop()
@@ -174,10 +176,11 @@ def test_mlflow_unreachable_mid_sweep_then_back(tmp_path):
         server.stop()
 
 
-def test_sigint_stops_cleanly_and_a_rerun_resumes(tmp_path):
+def test_sigint_mid_batch_stops_cleanly_and_a_rerun_resumes(tmp_path):
     workdir = tmp_path / "work"
-    sweep = Sweep(workdir, *sweep_args(7))
-    sweep.wait_for(r"trial 2 \(")
+    args = sweep_args(10, "--batch", "4")
+    sweep = Sweep(workdir, *args)
+    sweep.wait_for(r"trial \d+ \(")  # the first batch reported: the next one is running
     sweep.process.send_signal(signal.SIGINT)
     assert sweep.finish(timeout=120) == 130, sweep.text()[-3000:]
     log = sweep.text()
@@ -188,14 +191,24 @@ def test_sigint_stops_cleanly_and_a_rerun_resumes(tmp_path):
     assert optuna.trial.TrialState.COMPLETE in states
     assert [s.status for s in Store(db).sweeps(STUDY)] == ["interrupted"]
     done_before = [t.params for t in complete(db)]
+    assert len(done_before) < 10
 
-    rerun = Sweep(workdir, *sweep_args(7))
+    rerun = Sweep(workdir, *args)
     assert rerun.finish() == 0, rerun.text()[-3000:]
     after = complete(db)
-    assert len(after) == 7
+    assert len(after) == 10
     assert [t.params for t in after][: len(done_before)] == done_before
     params = [tuple(sorted(t.params.items())) for t in after]
     assert len(set(params)) == len(params)
+    # one MLflow run per trial of the study, none left running; the complete trials' runs finished
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name(STUDY)
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.varsweep.kind = 'trial'", max_results=500)
+    numbers = [int(r.data.tags["varsweep.trial"]) for r in runs]
+    assert len(numbers) == len(set(numbers)), sorted(numbers)
+    assert all(r.info.status != "RUNNING" for r in runs)
+    finished = {int(r.data.tags["varsweep.trial"]) for r in runs if r.info.status == "FINISHED"}
+    assert finished == {t.number for t in after}
 
 
 def _copy_sample(tmp_path: Path) -> Path:
