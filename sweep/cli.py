@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch", type=_positive_int, default=16,
                      help="configurations evaluated together per worker call, i.e. trials run at once (default "
                           "16; fewer gives TPE more feedback per proposal, more keeps the workers busier)")  # fmt: skip
+    run.add_argument("--early-stop", choices=["off", "asha"], default="off",
+                     help="asha: every trial sees the tuning groups in rungs (1/8, 1/4, 1/2, all) and Ray Tune's "
+                          "ASHA stops those that fall behind; they count as trials, but never as the best "
+                          "(default off)")  # fmt: skip
+    run.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=True,
+                     help="a new study first tries the stored best settings of this model on other tasks and of "
+                          "this task on other models (default on)")  # fmt: skip
     run.add_argument("--worker-cpus", type=_positive_int, default=None,
                      help="CPUs (torch threads) of each CPU worker (default: a local Ray's cores / workers; "
                           "1 on a cluster)")  # fmt: skip
@@ -153,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         split=args.split, limit=args.limit, study=args.study, seed=args.seed, holdout=args.holdout,
         metric=args.metric, convention=args.convention, search_summ=args.search_summ,
         tau_range=_pair(args.tau_range), rho_range=_pair(args.rho_range), p_range=_pair(args.p_range),
-        batch=args.batch, worker_cpus=args.worker_cpus,
+        batch=args.batch, worker_cpus=args.worker_cpus, early_stop=args.early_stop, warm_start=args.warm_start,
     )  # fmt: skip
     outcome = run_sweep(request, settings)
     p = outcome.best_params

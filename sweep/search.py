@@ -7,16 +7,27 @@ is that point, evaluated as VAR off.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from var_core import ConfigError, VARConfig, paper_defaults
 from var_core.config import Convention
 
-__all__ = ["SearchSpace", "space_for", "BASELINE", "PAPER_DEFAULTS", "config_from_params"]
+__all__ = [
+    "SearchSpace",
+    "StartPoint",
+    "space_for",
+    "warm_start_points",
+    "BASELINE",
+    "PAPER_DEFAULTS",
+    "WARM_START",
+    "config_from_params",
+]
 
 BASELINE = "baseline"
 PAPER_DEFAULTS = "paper-defaults"
+WARM_START = "warm-start"
 
 # paper-convention rho ranges around each group's published default (general 0.8, hallucination 0.5, vision 0.9)
 _RHO_RANGE = {"general": (0.5, 1.0), "hallucination": (0.2, 0.9), "vision-centric": (0.6, 1.0)}
@@ -54,6 +65,46 @@ class SearchSpace:
         config = paper_defaults(self.group, self.convention)
         point = {"tau": config.tau, "rho": config.rho, "p": float(config.p)}  # type: ignore[arg-type]
         return point | ({"summ": config.summ} if self.summ is not None else {})
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """A configuration a new study evaluates before the sampler's own: the baseline, the paper's defaults, or a
+    best setting stored by an earlier sweep (its ``source``)."""
+
+    role: str
+    params: dict[str, float]
+    source: str = ""
+
+
+def warm_start_points(space: SearchSpace, rows: Sequence[Any]) -> list[StartPoint]:
+    """Stored best settings (``BestRecord`` rows of other tasks or models) as start points of a new study.
+
+    Each is converted to the sweep's convention (official rho = 1 - paper rho, official p = 1 - paper p: see
+    docs/method.md), clipped into the search space, and kept once: a point equal (to 4 decimals) to the baseline,
+    the paper's defaults or an earlier row is dropped. Rows come in the order given (the best first, say).
+    """
+    seen = {_key(space.baseline()), _key(space.paper_defaults())}
+    points = []
+    for row in rows:
+        rho, p = (row.rho, row.p) if row.convention == space.convention else (1 - row.rho, 1 - row.p)
+        params = {"tau": _clip(row.tau, space.tau), "rho": _clip(rho, space.rho), "p": _clip(p, space.p)}
+        if space.summ is not None:
+            params["summ"] = _clip(row.summ, space.summ)
+        if _key(params) in seen:
+            continue
+        seen.add(_key(params))
+        source = f"{row.model}:{row.task}:{row.convention} (held-out {row.metric} {row.heldout_value:.4f})"
+        points.append(StartPoint(role=WARM_START, params=params, source=source))
+    return points
+
+
+def _clip(value: float, bounds: tuple[float, float]) -> float:
+    return min(max(float(value), bounds[0]), bounds[1])
+
+
+def _key(params: dict[str, float]) -> tuple[tuple[str, float], ...]:
+    return tuple(sorted((k, round(v, 4)) for k, v in params.items()))
 
 
 def space_for(

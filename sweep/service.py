@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sweep.fidelity import EARLY_STOP
 from sweep.settings import Settings, redact_url
 from var_core.config import Convention, VARConfig
 from var_core.errors import ConfigError, VarsweepError
@@ -43,6 +44,8 @@ class SweepRequest:
     rho_range: tuple[float, float] | None = None
     p_range: tuple[float, float] | None = None
     batch: int = 16  # configurations per worker call: trials run at once
+    early_stop: str = "off"  # "asha": stop trials that fall behind at a rung of tuning groups
+    warm_start: bool = True  # a new study starts with the stored best settings of related sweeps
     worker_cpus: int | None = None  # CPUs (torch threads) per CPU worker; None: a local Ray's cores / workers
 
     @property
@@ -171,13 +174,15 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
     import ray
 
     from sweep import figures
-    from sweep.search import BASELINE, config_from_params, space_for
+    from sweep.fidelity import Rungs
+    from sweep.search import BASELINE, config_from_params, space_for, warm_start_points
     from sweep.store import BestRecord, Store
     from sweep.tracking import Tracker
     from sweep.trial import TrialReport
     from sweep.tuning import (
         SearchHooks,
         completed_trials,
+        finished_trials,
         mute_worker_output,
         open_study,
         prepare_study,
@@ -208,6 +213,12 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
     )  # fmt: skip
     if request.batch < 1:
         raise ConfigError(f"--batch {request.batch} is out of range: it must be at least 1")
+    if request.early_stop not in EARLY_STOP:
+        raise ConfigError(f"--early-stop {request.early_stop!r} is not one of {', '.join(EARLY_STOP)}")
+    # every trial sees the tuning groups in this order, rung by rung (one rung: all of them)
+    rungs = (
+        Rungs.geometric(tuning_groups, seed=request.seed) if request.early_stop == "asha" else Rungs.single(tuning_groups)
+    )
 
     # 2. the stores: settings database, MLflow, then the study (the first writes of the sweep)
     store = Store(settings.database_url, retry_seconds=settings.connect_timeout)
@@ -223,7 +234,11 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
         name=request.study_name, url=settings.study_url, direction=direction, seed=request.seed,
         outage_timeout=settings.outage_timeout,
     )  # fmt: skip
-    already = prepare_study(study, space)
+    # warm start: the stored best settings of this model on other tasks, then of this task on other models
+    related = [r for r in store.best(model=model_key) if r.task != request.task]
+    related += [r for r in store.best(task=request.task) if r.model != model_key]
+    warm = warm_start_points(space, related) if request.warm_start else []
+    already = prepare_study(study, space, warm)
     sweep_id = store.start_sweep(
         key=request.study_name, model=model_key, task=request.task, convention=request.convention
     )
@@ -232,7 +247,7 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
         name=f"sweep-{sweep_id[:8]}",
         params={
             "model": model_key, "task": request.task, "convention": request.convention, "metric": metric,
-            "trials": request.trials, "batch": request.batch, "holdout": request.holdout, "seed": request.seed,
+            "trials": request.trials, "batch": request.batch, "early_stop": request.early_stop, "holdout": request.holdout, "seed": request.seed,
             "limit": request.limit, "n_tuning_groups": len(tuning_groups), "n_heldout_groups": len(heldout_groups),
             "n_tuning_examples": len(tuning_task.examples), "n_heldout_examples": len(heldout_task.examples),
         },  # fmt: skip
@@ -275,33 +290,45 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
             )
 
             # 4. the search
-            best_so_far: list[float] = []
+            best_so_far = [float(t.value) for t in completed_trials(study)]  # the study's, earlier sweeps included
             torch_in_trials: list[int] = []
             layer_heads: dict[int, dict[str, list[list[float]]]] = {}
 
-            def on_start(number: int, role: str, params: dict[str, float]) -> None:
-                mlflow_thread.submit(tracker.start_trial, number=number, role=role, params=params)
+            def on_start(number: int, role: str, params: dict[str, float], source: str) -> None:
+                tags = {"varsweep.warm_start_from": source} if source else {}
+                mlflow_thread.submit(tracker.start_trial, number=number, role=role, params=params, tags=tags)
 
-            def on_report(report: TrialReport) -> None:
+            def on_rung(report: TrialReport) -> None:
+                mlflow_thread.submit(tracker.log_rung, report.number, report.metrics, step=report.examples_seen)
+
+            def on_end(report: TrialReport) -> None:
                 value = report.objective
-                better = (max if direction == "maximize" else min)([*best_so_far, value])
-                best_so_far.append(value)
                 torch_in_trials.extend([report.number] if report.torch_loaded else [])
                 layer_heads[report.number] = report.layer_head
+                if report.complete:
+                    best_so_far.append(value)
+                    outcome = f"{metric} = {value:.4f}"
+                else:
+                    outcome = (
+                        f"stopped after rung {report.rung + 1} of {len(rungs)} ({report.examples_seen} of "
+                        f"{len(tuning_task.examples)} examples), {metric} = {value:.4f}"
+                    )
+                best = (max if direction == "maximize" else min)(best_so_far) if best_so_far else float("nan")
                 log.info(
-                    "trial %d (%s): %s = %.4f (best %.4f)  tau %.2f rho %.3f p %.3f  selected %.3f moved %.4f",
-                    report.number, report.role, metric, value, better, report.params.get("tau", float("nan")),
+                    "trial %d (%s): %s (best %.4f)  tau %.2f rho %.3f p %.3f  selected %.3f moved %.4f",
+                    report.number, report.role, outcome, best, report.params.get("tau", float("nan")),
                     report.params.get("rho", float("nan")), report.params.get("p", float("nan")),
                     report.var_stats.get("selected_share", 0.0), report.var_stats.get("mass_moved_per_row", 0.0),
                 )  # fmt: skip
-                mlflow_thread.submit(_log_trial_run, tracker, report)
+                mlflow_thread.submit(_log_trial_run, tracker, report, len(rungs))
 
-            log.info("study %s: %d of %d trials complete", request.study_name, already, request.trials)
+            log.info("study %s: %d of %d trials done", request.study_name, already, request.trials)
             ran = run_search(
-                study=study, space=space, trials=request.trials, batch=request.batch, actors=pool.actors,
-                task=tuning_task, metric=metric, direction=direction, storage_path=workdir / ".varsweep" / "tune",
+                study=study, space=space, trials=request.trials, batch=request.batch, rungs=rungs,
+                early_stop=request.early_stop, actors=pool.actors, task=tuning_task, metric=metric,
+                direction=direction, storage_path=workdir / ".varsweep" / "tune",
                 hooks=SearchHooks(
-                    on_start=on_start, on_report=on_report,
+                    on_start=on_start, on_rung=on_rung, on_end=on_end,
                     on_error=lambda number: mlflow_thread.submit(tracker.fail_trial, number),
                 ),
             )  # fmt: skip
@@ -324,7 +351,7 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
                     log.warning("%d trial process(es) had torch loaded: trials are meant to be thin", len(torch_in_trials))
             done = completed_trials(study)
             if not done:
-                raise VarsweepError("no trial completed; see the errors above")
+                raise VarsweepError("no trial saw every tuning example; see the errors above")
             best = study.best_trial
 
             # 5. honest evaluation: the best configuration and VAR off on the held-out split
@@ -375,7 +402,7 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
         status = "completed"
         return SweepOutcome(
             sweep_id=sweep_id, study=request.study_name, metric=metric, direction=direction, trials_run=ran,
-            trials_total=len(done), best_params=full, best_role=str(best.user_attrs.get("role", "search")),
+            trials_total=len(finished_trials(study)), best_params=full, best_role=str(best.user_attrs.get("role", "search")),
             tuning_value=float(best.value), heldout_value=float(heldout_value),
             baseline_heldout=float(baseline_heldout), stored=stored, mlflow_run_id=tracker.parent_id,
             unlogged_runs=tracker.unlogged(), timings=timings, utilization=utilization,
@@ -393,25 +420,30 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
         unlogged = tracker.finish(run_status)
         if unlogged:
             log.warning("%d trial run(s) could not be logged to MLflow; they are kept in %s", unlogged, tracker.spool)
-        store.finish_sweep(sweep_id, status=status, trials=len(completed_trials(study)), message=message)
+        store.finish_sweep(sweep_id, status=status, trials=len(finished_trials(study)), message=message)
 
 
 LAYER_HEAD = "var/layer_head.json"  # a trial run's [layer][head] statistics
 
 
-def _log_trial_run(tracker: Any, report: Any) -> None:
-    """A trial's MLflow run: its metrics, VAR's statistics, and per layer (step = layer) the share of selected
-    rows and the mean visual non-sink ratio; the full layer x head arrays as JSON (drawn for the best trial)."""
+def _log_trial_run(tracker: Any, report: Any, rungs: int) -> None:
+    """A trial's MLflow run: VAR's statistics, and per layer (step = layer) the share of selected rows and the
+    mean visual non-sink ratio; the full layer x head arrays as JSON (drawn for the best trial). The task's
+    metrics were logged rung by rung (step = examples seen); a trial stopped early is tagged as pruned."""
     per_layer = {
         f"var.layer.{name}": [sum(heads) / len(heads) for heads in rows] for name, rows in report.layer_head.items()
     }
+    tags = {"varsweep.examples_seen": str(report.examples_seen), "varsweep.rung": f"{report.rung + 1}/{rungs}"}
     tracker.log_trial(
         number=report.number,
         role=report.role,
         params=report.params,
-        metrics={**report.metrics, **{f"var.{k}": v for k, v in report.var_stats.items()}},
+        metrics={f"var.{k}": v for k, v in report.var_stats.items()},
         series=per_layer,
         artifacts={LAYER_HEAD: report.layer_head},
+        tags=tags | ({} if report.complete else {"varsweep.pruned": "true"}),
+        step_metrics=report.metrics,
+        step=report.examples_seen,
     )
 
 

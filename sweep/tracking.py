@@ -58,6 +58,8 @@ class Tracker:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise TrackingError(f"cannot use MLflow at {redact_url(uri)}: {redact_url(first)}") from e
         self.parent_id: str | None = None
+        self._trial_runs: dict[int, str] = {}  # trial number -> run id, once found or created
+        self._rung_steps: dict[int, set[int]] = {}  # trial number -> steps log_rung wrote
 
     # ---------------------------------------------------------------- runs
     def start_parent(self, *, name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
@@ -66,13 +68,15 @@ class Tracker:
         self._log(self.parent_id, params=params)
         return self.parent_id
 
-    def start_trial(self, *, number: int, role: str, params: Mapping[str, Any]) -> None:
+    def start_trial(
+        self, *, number: int, role: str, params: Mapping[str, Any], tags: Mapping[str, str] | None = None
+    ) -> None:
         """Open trial ``number``'s run as it starts (RUNNING); :meth:`log_trial` ends it. If MLflow is away, the
         run is created when the trial's record is logged."""
         try:
             if self._find_trial(number) is None:
                 run_id = self._create_trial_run(number, role)
-                self._log(run_id, params=params)
+                self._log(run_id, params=params, tags=tags)
         except Exception as e:
             self._warn(e)
 
@@ -86,16 +90,19 @@ class Tracker:
         series: Mapping[str, Sequence[float]] | None = None,
         artifacts: Mapping[str, Any] | None = None,
         tags: Mapping[str, str] | None = None,
+        step_metrics: Mapping[str, float] | None = None,
+        step: int = 0,
     ) -> str | None:
         """End Optuna trial ``number``'s run (created if it does not exist yet); None when spooled.
 
         ``series`` are metrics logged at steps 0, 1, ... (e.g. one value per layer); ``artifacts`` maps a path to
-        JSON-able data, written as a JSON file of the run.
+        JSON-able data, written as a JSON file of the run; ``step_metrics`` are logged at ``step`` unless
+        :meth:`log_rung` already logged that step.
         """
         record = {
             "number": number, "role": role, "params": dict(params), "metrics": dict(metrics),
             "series": {k: list(v) for k, v in (series or {}).items()}, "artifacts": dict(artifacts or {}),
-            "tags": dict(tags or {}),
+            "tags": dict(tags or {}), "step_metrics": dict(step_metrics or {}), "step": step,
         }  # fmt: skip
         if not self.flush():
             self._spool(record)
@@ -143,6 +150,17 @@ class Tracker:
             except Exception as e:
                 self._warn(e)
         return self.unlogged()
+
+    def log_rung(self, number: int, metrics: Mapping[str, float], *, step: int) -> None:
+        """Trial ``number``'s metrics after a rung, at ``step`` (examples seen): the rung curve. If MLflow is
+        away, the point is skipped (the trial's final metrics are spooled by :meth:`log_trial`)."""
+        try:
+            run_id = self._find_trial(number)
+            if run_id is not None:
+                self._log(run_id, metrics=metrics, step=step)
+                self._rung_steps.setdefault(number, set()).add(step)
+        except Exception as e:
+            self._warn(e)
 
     def fail_trial(self, number: int) -> None:
         """End trial ``number``'s run as FAILED (its trial raised)."""
@@ -199,6 +217,8 @@ class Tracker:
             run_id = self._create_trial_run(record["number"], record["role"])
             self._log(run_id, params=record["params"])
         self._log(run_id, metrics=record["metrics"], series=record.get("series"), tags=record["tags"])
+        if record.get("step_metrics") and record.get("step", 0) not in self._rung_steps.get(record["number"], set()):
+            self._log(run_id, metrics=record["step_metrics"], step=record["step"])
         for path, data in record.get("artifacts", {}).items():
             self.client.log_dict(run_id, data, path)
         self.client.set_terminated(run_id)
@@ -222,7 +242,9 @@ class Tracker:
             "varsweep.trial": str(number),
             "varsweep.role": role,
         }
-        return self.client.create_run(self.experiment_id, run_name=f"trial-{number:03d}-{role}", tags=tags).info.run_id
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number:03d}-{role}", tags=tags)
+        self._trial_runs[number] = run.info.run_id
+        return run.info.run_id
 
     def find_trial(self, number: int) -> str | None:
         """The run id of trial ``number`` of this sweep, or None (not logged, or MLflow away)."""
@@ -235,8 +257,12 @@ class Tracker:
     def _find_trial(self, number: int) -> str | None:
         if self.parent_id is None:
             return None
-        runs = self._runs(f"tags.varsweep.trial = '{number}' and tags.mlflow.parentRunId = '{self.parent_id}'")
-        return runs[0].info.run_id if runs else None
+        if number not in self._trial_runs:
+            runs = self._runs(f"tags.varsweep.trial = '{number}' and tags.mlflow.parentRunId = '{self.parent_id}'")
+            if not runs:
+                return None
+            self._trial_runs[number] = runs[0].info.run_id
+        return self._trial_runs[number]
 
     def _runs(self, filter_string: str) -> list[Any]:
         return list(self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1000))
@@ -249,16 +275,17 @@ class Tracker:
         metrics: Mapping[str, float] | None = None,
         series: Mapping[str, Sequence[float]] | None = None,
         tags: Mapping[str, str] | None = None,
+        step: int = 0,
     ) -> None:
         import time
 
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
-        steps = [Metric(k, float(v), now, step) for k, values in (series or {}).items() for step, v in enumerate(values)]
+        steps = [Metric(k, float(v), now, i) for k, values in (series or {}).items() for i, v in enumerate(values)]
         self.client.log_batch(
             run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()] + steps,
+            metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items()] + steps,
             params=[Param(k, redact_url(str(v))) for k, v in (params or {}).items()],
             tags=[RunTag(k, redact_url(str(v))) for k, v in (tags or {}).items()],
         )

@@ -2,7 +2,7 @@
 
 A trial process only waits: it sends its configuration to every ModelWorker, which gathers the configurations of
 concurrent trials into one engine batch, merges the workers' answers, scores them with the task's pure scorer and
-reports. So it must stay thin: nothing here (or in what it imports) loads torch or transformers, and Tune reuses the
+reports, one rung of tuning groups after another (one rung: all of them, when nothing stops trials early). So it must stay thin: nothing here (or in what it imports) loads torch or transformers, and Tune reuses the
 process for the next trial. A trial reports whether torch was loaded in its process, so the driver can say so.
 """
 
@@ -13,33 +13,44 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from sweep.fidelity import Rungs
 from sweep.search import config_from_params
 from var_core.config import Convention
 from var_core.errors import VarsweepError
 from var_core.stats import VARStats
 from workers.results import merge_results
 
-__all__ = ["TrialReport", "run_trial", "OBJECTIVE", "REPORT"]
+__all__ = ["TrialReport", "run_trial", "OBJECTIVE", "FIDELITY", "EXAMPLES_SEEN", "COMPLETE", "REPORT"]
 
-OBJECTIVE = "objective"  # the value Tune's searcher reads
-REPORT = "report"  # the whole TrialReport, as plain data
+OBJECTIVE = "objective"  # the value Tune's searcher and scheduler read
+FIDELITY = "fidelity"  # ASHA's clock: the rung's nominal size in eighths of the tuning groups
+EXAMPLES_SEEN = "examples_seen"  # Optuna's step for the intermediate value
+COMPLETE = "complete"  # the trial saw every tuning example (else it was stopped early)
+REPORT = "report"  # the whole TrialReport, as plain data (Tune hands searchers a flattened copy: use the above)
 
 
 @dataclass(frozen=True)
 class TrialReport:
-    """What one trial measured; encoded for Tune by :meth:`to_result` and decoded by :meth:`from_result`."""
+    """What one trial measured by the end of a rung; encoded for Tune by :meth:`to_result` and decoded by
+    :meth:`from_result`."""
 
     number: int  # the Optuna trial number
     role: str  # "baseline", "paper-defaults" or "search"
     params: dict[str, float]
+    rung: int  # 0, 1, ...: the rungs of tuning groups seen so far
+    examples_seen: int
+    complete: bool  # every tuning example seen: the trial's final value
     objective: float
-    metrics: dict[str, float]  # every metric of the task's scorer
+    metrics: dict[str, float]  # every metric of the task's scorer on the examples seen, stderr included
     var_stats: dict[str, float]  # VARStats.summary() of the configuration (zeros for VAR off)
     layer_head: dict[str, list[list[float]]]  # "selected_share", "mean_ratio": [layers][heads]
     torch_loaded: bool  # whether the trial process had torch loaded (it should not)
 
-    def to_result(self) -> dict[str, Any]:
-        return {OBJECTIVE: self.objective, REPORT: asdict(self)}
+    def to_result(self, fidelity: int) -> dict[str, Any]:
+        return {
+            OBJECTIVE: self.objective, FIDELITY: fidelity, EXAMPLES_SEEN: self.examples_seen, COMPLETE: self.complete,
+            REPORT: asdict(self),
+        }  # fmt: skip
 
     @classmethod
     def from_result(cls, result: dict[str, Any]) -> TrialReport:
@@ -47,29 +58,43 @@ class TrialReport:
 
 
 def run_trial(
-    config: dict[str, Any], *, actors: list[Any], task: Any, metric: str, convention: Convention
+    config: dict[str, Any], *, actors: list[Any], task: Any, metric: str, convention: Convention, rungs: Rungs
 ) -> None:
-    """The Tune trainable: evaluate one configuration on every worker's tuning examples and report it."""
+    """The Tune trainable: evaluate one configuration on every worker's tuning examples, rung by rung, reporting
+    the metric after each (a scheduler may stop the trial at a report)."""
     import ray
     from ray import tune
 
     params = {k: float(v) for k, v in config.items() if k in ("tau", "rho", "p", "summ")}
     var_config = config_from_params(params, convention)
-    result = merge_results(ray.get([a.evaluate.remote([var_config], "tuning") for a in actors]))[0]
-    scores = task.score(result.answers)
-    # VAR off selects and moves nothing: its statistics are zeros, so runs compare column by column
-    stats = result.stats or VARStats.empty(1, 1, 1)
-    value = float(scores[metric])
-    if not math.isfinite(value):
-        raise VarsweepError(f"metric {metric} is {value} for {params}")
-    report = TrialReport(
-        number=int(config["trial_number"]),
-        role=str(config["role"]),
-        params=params,
-        objective=value,
-        metrics={k: float(v) for k, v in scores.items()},
-        var_stats=stats.summary(),
-        layer_head={"selected_share": stats.selected_share[0].tolist(), "mean_ratio": stats.mean_ratio[0].tolist()},
-        torch_loaded="torch" in sys.modules,
-    )
-    tune.report(report.to_result())
+    answers: dict[str, str] = {}
+    stats: VARStats | None = None
+    for rung in range(len(rungs)):
+        groups = rungs.new_groups(rung)
+        result = merge_results(ray.get([a.evaluate.remote([var_config], "tuning", groups) for a in actors]))[0]
+        answers.update(result.answers)
+        if result.stats is not None:
+            stats = result.stats if stats is None else stats + result.stats
+        seen = task.select(rungs.seen(rung))
+        scores = seen.score(answers)
+        value = float(scores[metric])
+        if not math.isfinite(value):
+            raise VarsweepError(f"metric {metric} is {value} for {params}")
+        # VAR off selects and moves nothing: its statistics are zeros, so runs compare column by column
+        summed = stats or VARStats.empty(1, 1, 1)
+        report = TrialReport(
+            number=int(config["trial_number"]),
+            role=str(config["role"]),
+            params=params,
+            rung=rung,
+            examples_seen=len(seen.examples),
+            complete=rung == len(rungs) - 1,
+            objective=value,
+            metrics={k: float(v) for k, v in scores.items()},
+            var_stats=summed.summary(),
+            layer_head={
+                "selected_share": summed.selected_share[0].tolist(), "mean_ratio": summed.mean_ratio[0].tolist()
+            },
+            torch_loaded="torch" in sys.modules,
+        )
+        tune.report(report.to_result(rungs.clock[rung]))

@@ -59,6 +59,7 @@ class WorkerCounters:
     prepared: int  # prefixes computed
     prepare_seconds: float
     first_call: float | None  # wall-clock time (time.time()) of the first evaluate() call
+    parts: tuple[tuple[str, tuple[str, ...] | None], ...]  # the distinct (split, groups) calls asked for
 
 
 class ModelWorker:
@@ -103,12 +104,14 @@ class ModelWorker:
         self.gather_idle, self.gather_max = gather_idle, gather_max
         self._lock = asyncio.Lock()
         self._arrived = asyncio.Event()
-        self._pending: list[tuple[list[VARConfig | None], str, asyncio.Future]] = []
+        # (configurations, (split, groups or None), the caller's future)
+        self._pending: list[tuple[list[VARConfig | None], tuple[str, tuple[str, ...] | None], asyncio.Future]] = []
         self._calls = 0
         self._batch_sizes: Counter[int] = Counter()
         self._evaluations = 0
         self._busy = 0.0
         self._first_call: float | None = None
+        self._parts: dict[tuple[str, tuple[str, ...] | None], None] = {}  # insertion-ordered set
 
     async def ready(self) -> dict[str, Any]:
         """Who this worker is: for the driver's log and for tests."""
@@ -131,15 +134,20 @@ class ModelWorker:
             await self._busy_in(self.engine.prepare, self.task, examples)
         return len(examples)
 
-    async def evaluate(self, configs: list[VARConfig | None], split: str) -> list[ConfigResult]:
-        """Results of ``configs`` on this worker's examples of ``split``, in the order of ``configs``.
+    async def evaluate(
+        self, configs: list[VARConfig | None], split: str, groups: Sequence[str] | None = None
+    ) -> list[ConfigResult]:
+        """Results of ``configs`` on this worker's examples of ``split`` (only those of ``groups``, if given), in
+        the order of ``configs``.
 
-        Concurrent calls are gathered and evaluated as one batch (see the module docstring).
+        Concurrent calls for the same examples are gathered and evaluated as one batch (see the module docstring).
         """
         if split not in self.shard:
             raise KeyError(f"unknown split {split!r}; this worker has {sorted(self.shard)}")
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._pending.append((list(configs), split, future))
+        part = (split, None if groups is None else tuple(groups))
+        self._parts[part] = None
+        self._pending.append((list(configs), part, future))
         self._calls += 1
         self._first_call = self._first_call or time.time()
         self._arrived.set()
@@ -165,17 +173,20 @@ class ModelWorker:
 
     async def _run_pending(self) -> None:
         pending, self._pending = self._pending, []
-        for split in dict.fromkeys(s for _, s, _ in pending):
-            group = [(c, f) for c, s, f in pending if s == split]
+        for part in dict.fromkeys(p for _, p, _ in pending):  # one batch per (split, groups), in arrival order
+            group = [(c, f) for c, p, f in pending if p == part]
             flat = [config for configs, _ in group for config in configs]
+            split, groups = part
+            wanted = None if groups is None else set(groups)
+            examples = [e for e in self.shard[split] if wanted is None or e.group in wanted]
             self._batch_sizes[len(flat)] += 1
             try:
-                results = await self._busy_in(self.engine.evaluate, self.task, flat, self.shard[split])
+                results = await self._busy_in(self.engine.evaluate, self.task, flat, examples)
             except Exception as e:  # delivered to every waiting caller, which re-raises it
                 for _, future in group:
                     future.set_exception(e)
                 continue
-            self._evaluations += len(flat) * len(self.shard[split])
+            self._evaluations += len(flat) * len(examples)
             start = 0
             for configs, future in group:
                 future.set_result(results[start : start + len(configs)])
@@ -206,6 +217,7 @@ class ModelWorker:
             prepared=cache.prepared,
             prepare_seconds=cache.prepare_seconds,
             first_call=self._first_call,
+            parts=tuple(self._parts),
         )
 
 
