@@ -63,8 +63,11 @@ _COLUMNS = (
     ("metric", "text", None),
     ("held-out", None, "VAR on: the best configuration on the held-out split"),
     ("VAR off", None, "the baseline (VAR off) on the same held-out split"),
-    ("delta", None, "held-out minus baseline; green when better in the metric's direction"),
+    ("delta [95% CI]", None, "held-out minus VAR off on the same groups, with its clustered bootstrap interval; "
+     "green or red only when the interval and the paired test (p < 0.05) say it is more than noise"),
+    ("p", None, "paired randomisation test of VAR on against VAR off (two-sided)"),
     ("tuning", None, "the best trial on the tuning split"),
+    ("gap", None, "tuning minus held-out: how much the best of many trials flattered itself (winner's curse)"),
     ("tau", None, "sink threshold on phi"),
     ("rho", None, "image-centric head threshold"),
     ("p", None, "attention fraction parameter of the convention"),
@@ -92,21 +95,24 @@ def _metric_value(value: float | None) -> str:
 
 
 def _delta(record: BestRecord) -> tuple[str, str, str]:
-    """(text, css class, tooltip) of held-out minus baseline, judged in the metric's direction."""
+    """(text, css class, tooltip) of held-out minus VAR off and its interval; coloured only beyond noise."""
     held, base = record.heldout_value, record.baseline_heldout
     if held is None or base is None or held != held or base != base:
         return "&mdash;", "same", "no value"
-    delta = held - base
-    text = f"{delta:+.{_decimals(held, base)}f}"
+    places = _decimals(held, base)
+    text = f"{record.delta:+.{places}f}"
     sign = {"maximize": 1, "minimize": -1}.get(record.direction)
     if sign is None:
         return _e(text), "same", f"unknown direction {record.direction!r}"
-    gain = sign * delta
-    if gain > 0:
-        return _e(text), "better", "better than VAR off"
-    if gain < 0:
-        return _e(text), "worse", "worse than VAR off"
-    return _e(text), "same", "same as VAR off"
+    if record.ci_low is None or record.ci_high is None or record.p_value is None:
+        return _e(text), "same", "no interval: stored by an older release"
+    text += f" [{record.ci_low:+.{places}f}, {record.ci_high:+.{places}f}]"
+    low, high = sorted((sign * record.ci_low, sign * record.ci_high))
+    if low > 0 and record.p_value < 0.05:
+        return _e(text), "better", "better than VAR off, beyond noise"
+    if high < 0 and record.p_value < 0.05:
+        return _e(text), "worse", "worse than VAR off, beyond noise"
+    return _e(text), "same", "no evidence of a difference from VAR off"
 
 
 def _check_mlflow_ui(mlflow_ui: str) -> str:
@@ -152,7 +158,9 @@ def _row(record: BestRecord, mlflow_ui: str | None) -> str:
         f'<td class="num">{_metric_value(record.heldout_value)}</td>',
         f'<td class="num">{_metric_value(record.baseline_heldout)}</td>',
         f'<td class="num {delta_class}" title="{_e(delta_tip)}">{delta}</td>',
+        f'<td class="num">{"&mdash;" if record.p_value is None else _e(f"{record.p_value:.2g}")}</td>',
         f'<td class="num">{_metric_value(record.tuning_value)}</td>',
+        f'<td class="num">{_e(f"{record.tuning_value - record.heldout_value:+.{_decimals(record.tuning_value)}f}")}</td>',
         f'<td class="num">{record.tau:.2f}</td>',
         f'<td class="num">{record.rho:.3f}</td>',
         f'<td class="num">{record.p:.3f}</td>',
@@ -229,8 +237,10 @@ def render_leaderboard(
         parts.append("</table></div>")
         parts.append(
             "<footer><p>Held-out: the best tuning configuration re-evaluated on groups the search never saw. "
-            "Delta is held-out minus the VAR-off baseline on the same groups, green when it is better in the "
-            "metric's direction (&uarr; higher is better, &darr; lower is better), red when worse. tau, rho "
+            "Delta is held-out minus the VAR-off baseline on the same groups, with its 95% clustered bootstrap "
+            "interval and a paired randomisation test; it is green when the interval and p &lt; 0.05 say VAR "
+            "is better in the metric's direction (&uarr; higher is better, &darr; lower is better), red when "
+            "worse, grey when the data cannot tell. Gap is tuning minus held-out. tau, rho "
             "and p are in the row's convention (official rho = 1 &minus; paper rho, official p = 1 &minus; "
             "paper p). Hover a task for its study, sweep and commit.</p></footer>"
         )

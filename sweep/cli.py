@@ -11,7 +11,10 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from sweep.store import BestRecord
 
 __all__ = ["main", "build_parser"]
 
@@ -130,11 +133,12 @@ def cmd_best(argv: Sequence[str]) -> int:
     if not rows:
         print("no best settings stored yet")
         return 0
-    header = ["model", "task", "convention", "tau", "rho", "p", "summ", "metric", "held-out", "baseline", "tuning",
-              "groups (tune/held)", "updated"]  # fmt: skip
+    header = ["model", "task", "convention", "tau", "rho", "p", "summ", "metric", "held-out", "VAR off", "delta [95% CI]",
+              "p-value", "tuning", "gap", "groups (tune/held)", "updated"]  # fmt: skip
     table = [
         [r.model, r.task, r.convention, f"{r.tau:.2f}", f"{r.rho:.3f}", f"{r.p:.3f}", f"{r.summ:.2f}", r.metric,
-         f"{r.heldout_value:.4f}", f"{r.baseline_heldout:.4f}", f"{r.tuning_value:.4f}", f"{r.n_tuning}/{r.n_heldout}",
+         f"{r.heldout_value:.4f}", f"{r.baseline_heldout:.4f}", _interval(r), "-" if r.p_value is None else f"{r.p_value:.2g}",
+         f"{r.tuning_value:.4f}", f"{r.tuning_value - r.heldout_value:+.4f}", f"{r.n_tuning}/{r.n_heldout}",
          r.updated_at.strftime("%Y-%m-%d %H:%M") if r.updated_at else ""]
         for r in rows
     ]  # fmt: skip
@@ -142,6 +146,13 @@ def cmd_best(argv: Sequence[str]) -> int:
     for line in [header, [ "-" * w for w in widths], *table]:
         print("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
     return 0
+
+
+def _interval(row: BestRecord) -> str:
+    """``+0.031 [+0.004, +0.058]``; the interval is missing on rows of older releases."""
+    if row.ci_low is None or row.ci_high is None:
+        return f"{row.delta:+.3f}"
+    return f"{row.delta:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
 
 
 def _pair(values: list[float] | None) -> tuple[float, float] | None:
@@ -169,7 +180,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"best ({outcome.best_role}): tau {p['tau']:.2f}  rho {p['rho']:.3f}  p {p['p']:.3f}  summ {p['summ']:.2f}"
           f"  [{args.convention} convention]")  # fmt: skip
     print(f"{outcome.metric}: tuning {outcome.tuning_value:.4f}; held-out {outcome.heldout_value:.4f} "
-          f"vs VAR off {outcome.baseline_heldout:.4f}")  # fmt: skip
+          f"vs VAR off {outcome.baseline_heldout:.4f} (tuning - held-out gap "
+          f"{outcome.tuning_value - outcome.heldout_value:+.4f})")  # fmt: skip
+    print(f"VAR vs off on held-out: {outcome.comparison.describe()}")
     print("best settings " + ("stored" if outcome.stored else "not stored (the stored ones are at least as good)")
           + ": python sweep/main.py best")  # fmt: skip
     uri = settings.mlflow_tracking_uri

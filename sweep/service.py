@@ -13,12 +13,15 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sweep.fidelity import EARLY_STOP
 from sweep.settings import Settings, redact_url
 from var_core.config import Convention, VARConfig
 from var_core.errors import ConfigError, VarsweepError
+
+if TYPE_CHECKING:
+    from workers.tasks import PairedComparison
 
 __all__ = ["SweepRequest", "SweepOutcome", "Utilization", "run_sweep", "split_groups", "data_fingerprint"]
 
@@ -70,6 +73,7 @@ class SweepOutcome:
     mlflow_run_id: str | None
     unlogged_runs: int
     timings: dict[str, float]  # seconds: ray_start, model_load, prefixes, search, heldout, figures
+    comparison: PairedComparison  # the best configuration against VAR off on the held-out split
     utilization: Utilization | None  # None when no trial ran now
 
 
@@ -190,7 +194,7 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
     )
     from workers.actor import TaskRef, WorkerPool
     from workers.models import check_model
-    from workers.tasks import get_task
+    from workers.tasks import get_task, paired_comparison, samples_jsonl
 
     # 1. the input: task, splits, images, model, search space. Anything wrong fails here, before anything is written
     task_ref = TaskRef(name=request.task, data_dir=request.data_dir, split=request.split, limit=request.limit)
@@ -320,7 +324,7 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
                     report.params.get("rho", float("nan")), report.params.get("p", float("nan")),
                     report.var_stats.get("selected_share", 0.0), report.var_stats.get("mass_moved_per_row", 0.0),
                 )  # fmt: skip
-                mlflow_thread.submit(_log_trial_run, tracker, report, len(rungs))
+                mlflow_thread.submit(_log_trial_run, tracker, report, len(rungs), tuning_task)
 
             log.info("study %s: %d of %d trials done", request.study_name, already, request.trials)
             ran = run_search(
@@ -358,9 +362,12 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
             clock = time.perf_counter()
             best_config = config_from_params(best.params, request.convention)
             heldout_results = pool.evaluate([None, best_config], "heldout")
-            baseline_heldout = heldout_task.score(heldout_results[0].answers)[metric]
-            heldout_value = heldout_task.score(heldout_results[1].answers)[metric]
+            off_answers, best_answers = heldout_results[0].answers, heldout_results[1].answers
+            # paired on the same held-out examples: is the gain over VAR off more than noise?
+            comparison = paired_comparison(heldout_task, best_answers, off_answers, metric=metric, seed=request.seed)
+            baseline_heldout, heldout_value = comparison.value_b, comparison.value_a
             timings["heldout"] = time.perf_counter() - clock
+            log.info("VAR vs off on held-out: %s", comparison.describe())
 
             # 6. pictures: the search, and what the best configuration (or the paper's, if VAR off won) does
             clock = time.perf_counter()
@@ -379,9 +386,16 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
         timings["figures"] = time.perf_counter() - clock
 
         tracker.tag_trial(best.number, "varsweep.best", "true")
+        tracker.log_artifacts({
+            "samples/heldout-var-off.jsonl": samples_jsonl(heldout_task, off_answers),
+            "samples/heldout-best.jsonl": samples_jsonl(heldout_task, best_answers),
+        })  # fmt: skip
         tracker.log_parent(
             metrics={
                 "best_tuning": best.value, "best_heldout": heldout_value, "baseline_heldout": baseline_heldout,
+                "heldout_delta": comparison.delta, "heldout_delta_ci_low": comparison.ci_low,
+                "heldout_delta_ci_high": comparison.ci_high, "heldout_delta_p_value": comparison.p_value,
+                "tuning_heldout_gap": float(best.value) - heldout_value,
                 **({"workers_busy": utilization.busy, "evaluations_per_second": utilization.evaluations_per_second}
                    if utilization else {}),
                 **{f"seconds.{k}": v for k, v in timings.items()},
@@ -396,7 +410,8 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
                 metric=metric, direction=direction, tuning_value=float(best.value), heldout_value=float(heldout_value),
                 baseline_heldout=float(baseline_heldout), n_tuning=len(tuning_groups), n_heldout=len(heldout_groups),
                 sweep_id=sweep_id, study=request.study_name, mlflow_run_id=tracker.parent_id, git_commit=commit,
-                data_fingerprint=fingerprint,
+                data_fingerprint=fingerprint, ci_low=comparison.ci_low, ci_high=comparison.ci_high,
+                p_value=comparison.p_value, n_resamples=comparison.n_resamples,
             )  # fmt: skip
         )
         status = "completed"
@@ -405,7 +420,7 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
             trials_total=len(finished_trials(study)), best_params=full, best_role=str(best.user_attrs.get("role", "search")),
             tuning_value=float(best.value), heldout_value=float(heldout_value),
             baseline_heldout=float(baseline_heldout), stored=stored, mlflow_run_id=tracker.parent_id,
-            unlogged_runs=tracker.unlogged(), timings=timings, utilization=utilization,
+            unlogged_runs=tracker.unlogged(), timings=timings, utilization=utilization, comparison=comparison,
         )  # fmt: skip
     except KeyboardInterrupt:
         status, message = "interrupted", "SIGINT"
@@ -424,12 +439,16 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
 
 
 LAYER_HEAD = "var/layer_head.json"  # a trial run's [layer][head] statistics
+SAMPLES = "samples.jsonl"  # per-example answers and scores (the tuning examples a trial saw)
 
 
-def _log_trial_run(tracker: Any, report: Any, rungs: int) -> None:
+def _log_trial_run(tracker: Any, report: Any, rungs: int, task: Any) -> None:
     """A trial's MLflow run: VAR's statistics, and per layer (step = layer) the share of selected rows and the
-    mean visual non-sink ratio; the full layer x head arrays as JSON (drawn for the best trial). The task's
-    metrics were logged rung by rung (step = examples seen); a trial stopped early is tagged as pruned."""
+    mean visual non-sink ratio; the full layer x head arrays as JSON (drawn for the best trial); its answers as
+    samples.jsonl. The task's metrics were logged rung by rung (step = examples seen); a trial stopped early is
+    tagged as pruned."""
+    from workers.tasks import samples_jsonl
+
     per_layer = {
         f"var.layer.{name}": [sum(heads) / len(heads) for heads in rows] for name, rows in report.layer_head.items()
     }
@@ -440,7 +459,10 @@ def _log_trial_run(tracker: Any, report: Any, rungs: int) -> None:
         params=report.params,
         metrics={f"var.{k}": v for k, v in report.var_stats.items()},
         series=per_layer,
-        artifacts={LAYER_HEAD: report.layer_head},
+        artifacts={
+            LAYER_HEAD: report.layer_head,
+            SAMPLES: samples_jsonl(task.select({e.group for e in task.examples if e.id in report.answers}), report.answers),
+        },
         tags=tags | ({} if report.complete else {"varsweep.pruned": "true"}),
         step_metrics=report.metrics,
         step=report.examples_seen,

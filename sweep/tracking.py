@@ -96,8 +96,8 @@ class Tracker:
         """End Optuna trial ``number``'s run (created if it does not exist yet); None when spooled.
 
         ``series`` are metrics logged at steps 0, 1, ... (e.g. one value per layer); ``artifacts`` maps a path to
-        JSON-able data, written as a JSON file of the run; ``step_metrics`` are logged at ``step`` unless
-        :meth:`log_rung` already logged that step.
+        a text (written as it is) or to JSON-able data (written as JSON); ``step_metrics`` are logged at ``step``
+        unless :meth:`log_rung` already logged that step.
         """
         record = {
             "number": number, "role": role, "params": dict(params), "metrics": dict(metrics),
@@ -220,9 +220,26 @@ class Tracker:
         if record.get("step_metrics") and record.get("step", 0) not in self._rung_steps.get(record["number"], set()):
             self._log(run_id, metrics=record["step_metrics"], step=record["step"])
         for path, data in record.get("artifacts", {}).items():
-            self.client.log_dict(run_id, data, path)
+            self._artifact(run_id, path, data)
         self.client.set_terminated(run_id)
         return run_id
+
+    def log_artifacts(self, artifacts: Mapping[str, Any], run_id: str | None = None) -> None:
+        """Texts or JSON-able data as files of a run (the parent by default); see :meth:`log_trial`."""
+        run_id = run_id or self.parent_id
+        if run_id is None:
+            return
+        try:
+            for path, data in artifacts.items():
+                self._artifact(run_id, path, data)
+        except Exception as e:
+            self._warn(e)
+
+    def _artifact(self, run_id: str, path: str, data: Any) -> None:
+        if isinstance(data, str):
+            self.client.log_text(run_id, data, path)
+        else:
+            self.client.log_dict(run_id, data, path)
 
     def load_dict(self, run_id: str, path: str) -> Any:
         """A JSON artifact of a run (see :meth:`log_trial`), or None when it cannot be read."""

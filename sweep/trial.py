@@ -44,6 +44,7 @@ class TrialReport:
     metrics: dict[str, float]  # every metric of the task's scorer on the examples seen, stderr included
     var_stats: dict[str, float]  # VARStats.summary() of the configuration (zeros for VAR off)
     layer_head: dict[str, list[list[float]]]  # "selected_share", "mean_ratio": [layers][heads]
+    answers: dict[str, str]  # example id -> raw answer, for the examples seen
     torch_loaded: bool  # whether the trial process had torch loaded (it should not)
 
     def to_result(self, fidelity: int) -> dict[str, Any]:
@@ -95,6 +96,7 @@ def run_trial(
             layer_head={
                 "selected_share": summed.selected_share[0].tolist(), "mean_ratio": summed.mean_ratio[0].tolist()
             },
+            answers=dict(answers),
             torch_loaded="torch" in sys.modules,
         )
         tune.report(report.to_result(rungs.clock[rung]))

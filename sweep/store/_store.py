@@ -64,10 +64,21 @@ class BestRecord:
     git_commit: str | None
     data_fingerprint: str
     updated_at: datetime | None = None
+    # the paired comparison of heldout_value against baseline_heldout (None on rows of older releases)
+    ci_low: float | None = None  # 95% clustered bootstrap interval of delta
+    ci_high: float | None = None
+    p_value: float | None = None  # paired randomisation test
+    n_resamples: int | None = None
+
+    @property
+    def delta(self) -> float:
+        """heldout_value - baseline_heldout: what VAR changed on the held-out split."""
+        return self.heldout_value - self.baseline_heldout
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["updated_at"] = self.updated_at.isoformat() if self.updated_at else None
+        out["delta"] = self.delta
         return out
 
 

@@ -43,6 +43,12 @@ class BestSettings(Base):
     git_commit: Mapped[str | None] = mapped_column(String(64), nullable=True)
     data_fingerprint: Mapped[str] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # the paired held-out comparison against VAR off (workers.tasks.paired_comparison); empty on older rows
+    delta: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ci_low: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ci_high: Mapped[float | None] = mapped_column(Float, nullable=True)
+    p_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    n_resamples: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Sweep(Base):

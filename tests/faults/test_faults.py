@@ -211,6 +211,34 @@ def test_sigint_mid_batch_stops_cleanly_and_a_rerun_resumes(tmp_path):
     assert finished == {t.number for t in after}
 
 
+def test_sigint_during_a_rung_then_rerun_finishes_without_repeats(tmp_path):
+    workdir = tmp_path / "work"
+    args = sweep_args(10, "--batch", "1", "--early-stop", "asha", "--metric", "accuracy")
+    sweep = Sweep(workdir, *args)
+    sweep.wait_for(r"trial 2 \(")  # trial 3 is between rungs now
+    sweep.process.send_signal(signal.SIGINT)
+    assert sweep.finish(timeout=120) == 130, sweep.text()[-3000:]
+    db = f"sqlite:///{workdir / 'varsweep.db'}"
+    State = optuna.trial.TrialState
+    before = [t for t in study_trials(db) if t.state in (State.COMPLETE, State.PRUNED)]
+    assert len(before) < 10
+
+    rerun = Sweep(workdir, *args)
+    assert rerun.finish() == 0, rerun.text()[-3000:]
+    trials = study_trials(db)
+    finished = [t for t in trials if t.state in (State.COMPLETE, State.PRUNED)]
+    assert len(finished) == 10  # --trials counts complete and pruned trials, across both runs
+    params = [tuple(sorted(t.params.items())) for t in finished]
+    assert len(set(params)) == len(params)
+    assert not [t for t in trials if t.state == State.RUNNING]
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name(STUDY)
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.varsweep.kind = 'trial'", max_results=500)
+    numbers = [int(r.data.tags["varsweep.trial"]) for r in runs]
+    assert len(numbers) == len(set(numbers)) and all(r.info.status != "RUNNING" for r in runs)
+    assert {t.number for t in finished} <= set(numbers)
+
+
 def _copy_sample(tmp_path: Path) -> Path:
     target = tmp_path / "mmvp"
     shutil.copytree(SAMPLE, target)

@@ -28,17 +28,24 @@ BASE = dict(
     git_commit="abc1234", data_fingerprint="f" * 16,
 )  # fmt: skip
 ROWS = [
-    BASE,
+    BASE | dict(ci_low=0.05, ci_high=0.21, p_value=0.004, n_resamples=2000),
     BASE | dict(task="pope", convention="official", metric="f1", tau=23.5, rho=0.3, p=0.55, heldout_value=0.801,
-                baseline_heldout=0.812, mlflow_run_id="ffee0011", study="tiny-llava:pope:official"),
+                baseline_heldout=0.812, mlflow_run_id="ffee0011", study="tiny-llava:pope:official",
+                ci_low=-0.02, ci_high=-0.003, p_value=0.01, n_resamples=2000),
     BASE | dict(model="llava-hf/llava-1.5-7b-hf", task="chair", metric="chair_s", direction="minimize", tau=31.0,
-                heldout_value=43.2, baseline_heldout=45.0, mlflow_run_id=None, study="llava:chair:paper"),
+                heldout_value=43.2, baseline_heldout=45.0, mlflow_run_id=None, study="llava:chair:paper",
+                ci_low=-3.1, ci_high=-0.4, p_value=0.02, n_resamples=2000),
+    # within noise: the interval holds 0
+    BASE | dict(task="cv_bench", metric="accuracy", heldout_value=0.58, baseline_heldout=0.56, ci_low=-0.01,
+                ci_high=0.05, p_value=0.2, n_resamples=2000, study="tiny-llava:cv_bench:paper"),
+    # stored by the previous release: no interval
+    BASE | dict(task="gqa", metric="accuracy", heldout_value=0.64, baseline_heldout=0.62, study="tiny-llava:gqa:paper"),
 ]  # fmt: skip
 
 
 @pytest.fixture()
 def store_url(tmp_path) -> str:
-    """A real SQLite store with the three rows above."""
+    """A real SQLite store with the rows above."""
     url = f"sqlite:///{tmp_path / 'varsweep.db'}"
     store = Store(url, retry_seconds=0)
     for row in ROWS:
@@ -57,22 +64,26 @@ def test_page_from_the_store_shows_every_row(store_url):
     rows = Store(store_url).best()
     page = render_leaderboard(rows, mlflow_ui=MLFLOW_UI, source=store_url)
     assert page.startswith("<!doctype html>") and "<script" not in page
-    assert "3 best settings across 2 models" in page
+    assert "5 best settings across 2 models" in page
     assert page.count('<tbody class="model">') == 2  # one row group per model
 
     mmvp = _row_html(page, "tiny-llava", "mmvp")
     for text in ("17.35", "0.812", "0.400", "0.200", "pair_accuracy &uarr;", "0.4667", "0.3333", "10 / 5"):
         assert text in mmvp
-    assert 'class="num better"' in mmvp and "+0.1334" in mmvp
+    assert 'class="num better"' in mmvp and "+0.1334 [+0.0500, +0.2100]" in mmvp and ">0.004<" in mmvp
+    assert ">+0.0333<" in mmvp  # the tuning - held-out gap
     assert f'href="{MLFLOW_UI}/#/runs/a1b2c3d4e5f60718"' in mmvp
 
     pope = _row_html(page, "tiny-llava", "pope")
     assert "official" in pope and "23.50" in pope
-    assert 'class="num worse"' in pope and "-0.0110" in pope  # lower F1 than VAR off
+    assert 'class="num worse"' in pope and "-0.0110" in pope  # lower F1 than VAR off, beyond noise
+    assert 'class="num same"' in _row_html(page, "tiny-llava", "cv_bench")  # a gain within noise stays grey
+    older = _row_html(page, "tiny-llava", "gqa")
+    assert 'class="num same" title="no interval: stored by an older release">+0.0200<' in older
 
     chair = _row_html(page, "llava-hf/llava-1.5-7b-hf", "chair")
     assert (
-        "chair_s &darr;" in chair and 'class="num better"' in chair and ">-1.80<" in chair
+        "chair_s &darr;" in chair and 'class="num better"' in chair and ">-1.80 [-3.10, -0.40]<" in chair
     )  # lower is better
     assert "href" not in chair  # no MLflow run recorded
 
@@ -109,7 +120,7 @@ def test_cli_writes_the_page(store_url, tmp_path, capsys):
     assert main(["--database-url", store_url, "--mlflow-ui", MLFLOW_UI, "--out", str(out)]) == 0
     page = out.read_text(encoding="utf-8")
     assert "llava-hf/llava-1.5-7b-hf" in page and f"{MLFLOW_UI}/#/runs/ffee0011" in page
-    assert "3 best settings" in capsys.readouterr().err
+    assert "5 best settings" in capsys.readouterr().err
 
 
 def test_cli_reads_the_environment_and_never_creates_a_missing_sqlite_file(tmp_path, monkeypatch, capsys):

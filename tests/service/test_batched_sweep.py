@@ -16,8 +16,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 SAMPLE = REPO / "examples" / "mmvp-sample"
 
 
-@pytest.fixture()
-def sweep(tmp_path):
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("sweep")
     settings = Settings(
         database_url=f"sqlite:///{tmp_path / 'varsweep.db'}", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}"
     )
@@ -52,3 +53,31 @@ def test_worker_gets_batches_of_distinct_configurations_from_thin_trials(sweep):
     assert any(r.data.metrics["var.mass_moved_per_row"] > 0 for r in acted)
     history = client.get_metric_history(acted[0].info.run_id, "var.layer.selected_share")
     assert [m.step for m in history] == list(range(4))  # one value per layer of the tiny preset
+
+
+def test_the_held_out_comparison_and_per_sample_logs_reach_mlflow_and_the_store(sweep, tmp_path):
+    import json
+
+    from sweep.store import Store
+
+    request, settings, outcome = sweep
+    comparison = outcome.comparison
+    assert comparison.n_resamples >= 2000 and comparison.n_groups == 3
+    assert comparison.delta == outcome.heldout_value - outcome.baseline_heldout
+    (row,) = Store(settings.database_url).best()
+    assert (row.ci_low, row.ci_high, row.p_value) == (comparison.ci_low, comparison.ci_high, comparison.p_value)
+
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    parent = client.get_run(outcome.mlflow_run_id)
+    assert parent.data.metrics["heldout_delta"] == comparison.delta
+    assert parent.data.metrics["heldout_delta_p_value"] == comparison.p_value
+    folder = client.download_artifacts(outcome.mlflow_run_id, "samples", str(tmp_path / "parent"))
+    for name in ("heldout-var-off.jsonl", "heldout-best.jsonl"):
+        records = [json.loads(line) for line in (tmp_path / "parent" / "samples" / name).read_text().splitlines()]
+        assert len(records) == 6 and {"doc_id", "group", "question", "prediction", "correct"} <= set(records[0])
+    assert folder
+    experiment = client.get_experiment_by_name(request.study_name)
+    (trial,) = client.search_runs([experiment.experiment_id], filter_string="tags.varsweep.trial = '3'")
+    path = client.download_artifacts(trial.info.run_id, "samples.jsonl", str(tmp_path / "trial"))
+    lines = open(path).read().splitlines()
+    assert len(lines) == 14  # the tuning examples the trial saw

@@ -93,3 +93,41 @@ def test_unreachable_database_is_one_clear_error():
     with pytest.raises(StoreError, match=r"postgresql\+psycopg://u:\*\*\*@127.0.0.1:1/x is unreachable") as err:
         Store("postgresql://u:hunter2@127.0.0.1:1/x", retry_seconds=1)
     assert "hunter2" not in str(err.value)
+
+
+def test_a_store_of_the_previous_release_upgrades_in_place_and_keeps_its_rows(database_url):
+    """A database at revision 0001 (no comparison columns) with a row, upgraded by `python -m sweep.store upgrade`."""
+    import subprocess
+    import sys
+
+    from alembic import command
+
+    from sweep.store._store import _alembic_config, _engine
+
+    engine = _engine(database_url)
+    with engine.begin() as connection:
+        command.upgrade(_alembic_config(connection), "0001")
+        columns = [c for c in BASE if c not in ("model", "task", "convention")]
+        connection.execute(
+            text(
+                f"INSERT INTO best_settings (model, task, convention, {', '.join(columns)}, updated_at) VALUES "
+                f"(:model, :task, :convention, {', '.join(':' + c for c in columns)}, CURRENT_TIMESTAMP)"
+            ),
+            BASE,
+        )
+    engine.dispose()
+    with pytest.raises(SchemaError, match="0001"):
+        Store(database_url)
+    out = subprocess.run(
+        [sys.executable, "-m", "sweep.store", "upgrade", "--url", database_url], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert "at revision 0002" in out.stdout
+    (row,) = Store(database_url).best()
+    assert (row.model, row.tau, row.heldout_value, row.sweep_id) == ("tiny-llava", 20.0, 0.4, "s1")
+    assert row.delta == pytest.approx(0.1) and row.p_value is None and row.ci_low is None
+    stored = Store(database_url)
+    assert stored.upsert_best(record(heldout_value=0.5, ci_low=0.01, ci_high=0.2, p_value=0.03, n_resamples=2000))
+    (row,) = stored.best()
+    assert (row.ci_low, row.ci_high, row.p_value, row.n_resamples) == (0.01, 0.2, 0.03, 2000)
+    assert row.to_dict()["delta"] == pytest.approx(0.2)

@@ -11,8 +11,8 @@ from typing import Any
 
 from PIL import Image
 
-# The repository sits at <root>/main with shared/ beside it (CI clones the same way).
-POPE_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "pope"
+# POPE's real label files (MIT licence, tests/data/pope/LICENSE), in the repository so that a clone tests alone.
+POPE_DIR = Path(__file__).resolve().parents[1] / "data" / "pope"
 
 
 def image_bytes(colour: tuple[int, int, int] = (200, 30, 30), fmt: str = "JPEG") -> bytes:

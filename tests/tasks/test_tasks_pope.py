@@ -1,4 +1,4 @@
-"""POPE: the real label files in ../shared/data/pope, hand-computed scores, both file shapes, bad rows."""
+"""POPE: the real label files in tests/data/pope, hand-computed scores, both file shapes, bad rows."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ SPLITS = ("random", "popular", "adversarial")
 @pytest.fixture(scope="module")
 def real():
     if not (POPE_DIR / "coco_pope_random.json").is_file():
-        pytest.fail(f"the shared POPE label files are missing: {POPE_DIR}")
+        pytest.fail(f"the POPE label files are missing: {POPE_DIR}")
     return get_task("pope", POPE_DIR)
 
 

@@ -9,6 +9,7 @@ Formats, prompts and scoring follow ../shared/TASKS.md; docs/tasks.md lists each
 """
 
 from workers.tasks._base import Example, ImageRef, Task, TaskSpec, render_prompt
+from workers.tasks._compare import PairedComparison, paired_comparison
 from workers.tasks._errors import (
     DataError,
     DuplicateTaskError,
@@ -18,6 +19,7 @@ from workers.tasks._errors import (
 )
 from workers.tasks._options import option_token_ids
 from workers.tasks._registry import TASKS, Registry, get_task, task_names
+from workers.tasks._samples import sample_records, samples_jsonl
 
 __all__ = [
     "get_task",
@@ -27,6 +29,10 @@ __all__ = [
     "Example",
     "ImageRef",
     "render_prompt",
+    "PairedComparison",
+    "paired_comparison",
+    "sample_records",
+    "samples_jsonl",
     "option_token_ids",
     "Registry",
     "TASKS",
