@@ -36,6 +36,7 @@ from ray.tune import Callback
 from ray.tune.search import Searcher
 
 from sweep.fidelity import REDUCTION_FACTOR, Rungs
+from sweep.retry import retrying
 from sweep.search import BASELINE, PAPER_DEFAULTS, SearchSpace, StartPoint
 from sweep.trial import COMPLETE, EXAMPLES_SEEN, FIDELITY, OBJECTIVE, TrialReport, run_trial
 from var_core.errors import VarsweepError
@@ -60,32 +61,10 @@ class StudyError(VarsweepError, RuntimeError):
     """The Optuna study cannot be opened or does not match this sweep."""
 
 
-def _transient(error: BaseException) -> bool:
-    """A lost connection (the server restarting), as opposed to an error a retry cannot fix."""
-    from sqlalchemy.exc import DBAPIError, OperationalError
-
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, OperationalError) or (isinstance(seen, DBAPIError) and seen.connection_invalidated):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
 def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        deadline = time.monotonic() + self.outage_timeout
-        delay = 0.5
-        while True:
-            try:
-                return method(self, *args, **kwargs)
-            except Exception as e:
-                if not _transient(e) or time.monotonic() + delay > deadline:
-                    raise
-                log.warning("study database unreachable (%s); retrying in %.1f s", method.__name__, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        return retrying(lambda: method(self, *args, **kwargs), what=method.__name__, seconds=self.outage_timeout)
 
     return wrapper
 

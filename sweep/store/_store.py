@@ -21,6 +21,7 @@ from sqlalchemy import Engine, create_engine, inspect, or_, select, update
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from sweep.retry import is_transient, retrying
 from sweep.settings import normalise_database_url, redact_url
 from sweep.store.models import VERSION_TABLE, BestSettings, Sweep
 from var_core.errors import VarsweepError
@@ -181,22 +182,16 @@ class Store:
 
     # ---------------------------------------------------------------- plumbing
     def _retry(self, operation: Callable[[], T], what: str) -> T:
-        deadline = time.monotonic() + self.retry_seconds
-        delay = 0.5
-        while True:
-            try:
-                return operation()
-            except OperationalError as e:
-                if time.monotonic() + delay > deadline:
-                    raise StoreError(
-                        f"cannot {what}: the database at {redact_url(self.url)} is unreachable "
-                        f"({redact_url(str(e.orig or e)).strip().splitlines()[0]})"
-                    ) from e
-                log.warning("database unreachable (%s); retrying in %.1f s", what, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
-            except SQLAlchemyError as e:
-                raise StoreError(f"cannot {what}: {redact_url(str(e)).splitlines()[0]}") from e
+        """``operation()``, waiting out a transient outage for up to ``retry_seconds`` (see sweep.retry)."""
+        try:
+            return retrying(operation, what=what, seconds=self.retry_seconds)
+        except OperationalError as e:
+            detail = redact_url(str(e.orig or e)).strip().splitlines()[0]
+            if is_transient(e):
+                raise StoreError(f"cannot {what}: the database at {redact_url(self.url)} is unreachable ({detail})") from e
+            raise StoreError(f"cannot {what} in {redact_url(self.url)}: {detail}") from e
+        except SQLAlchemyError as e:
+            raise StoreError(f"cannot {what}: {redact_url(str(e)).splitlines()[0]}") from e
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
