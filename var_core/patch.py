@@ -25,12 +25,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 from transformers import AttentionInterface, AttentionMaskInterface, Cache
-from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
-from var_core.attention import attention_probs, causal_allowed, shared_prefix_attention
+from var_core.attention import attend, attention_probs, causal_allowed, shared_prefix_attention
 from var_core.config import VARConfig
 from var_core.errors import UnsupportedModelError, VarsweepError
 from var_core.families import backbone, decoder_layers, family_of, image_token_id
@@ -475,8 +474,7 @@ class VARHandle:
                 visual=visual.cpu(),
                 sinks=sinks.cpu(),
             )
-        values = repeat_kv(value, module.num_key_value_groups)
-        outputs.append(torch.matmul(result.attn.to(value.dtype), values).transpose(1, 2))
+        outputs.append(attend(result.attn, value))  # float32 throughout, like SDPA's accumulation
         out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
         # The eager path holds every row's probabilities, so it can serve output_attentions (after VAR).
         weights = result.attn.to(query.dtype) if self.path == "eager" else None
