@@ -230,7 +230,7 @@ def test_unsupported_models_fail_before_touching_anything():
 
     text_only = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                              num_attention_heads=2, vocab_size=50))
-    with pytest.raises(UnsupportedModelError, match="model type 'llama'.*supported: llava, llava_next, qwen2_5_vl"):
+    with pytest.raises(UnsupportedModelError, match="model type 'llama'.*supported: internvl, llava, llava_next, qwen2_5_vl, qwen2_vl"):
         patch(text_only)
 
 
