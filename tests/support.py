@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-PRESETS = ("tiny-llava", "tiny-qwen2-vl")
+PRESETS = ("tiny-llava", "tiny-llava-next", "tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-internvl")
 
 
 def make_image(seed: int, size: int = 112) -> Image.Image:

@@ -23,6 +23,7 @@ __all__ = [
     "family_of",
     "image_token_id",
     "image_layout",
+    "prompt_positions",
     "decoder_layers",
     "backbone",
     "residual_branches",
@@ -193,3 +194,18 @@ def image_layout(model: nn.Module, inputs: Mapping[str, torch.Tensor], n_image_t
     if side * side != n_image_tokens:
         raise UnsupportedModelError(f"{n_image_tokens} image tokens do not form the square grid of {type(model).__name__}")
     return ImageLayout(0, side, side)
+
+
+def prompt_positions(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Position ids of a whole one-row prompt (processor outputs): ``[1, T]``, or ``[3, 1, T]`` for M-RoPE.
+
+    M-RoPE positions come from the backbone's ``get_rope_index`` (image tokens get 2-D positions, the text after
+    the image continues from the largest): explicit positions keep calls that continue a cached prefix stateless.
+    """
+    ids = inputs["input_ids"]
+    if family_of(model).mrope:
+        positions, _ = backbone(model).get_rope_index(  # type: ignore[operator]
+            ids, mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"]
+        )
+        return positions
+    return torch.arange(ids.shape[1], device=ids.device)[None]

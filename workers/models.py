@@ -647,7 +647,7 @@ def plant_sinks(
     weights: Sequence[float] | None = None,
     magnitude: float = 30.0,
     text_tokens: Sequence[str] | None = None,
-    image_positions: Sequence[int] = (5, 27, 44),
+    image_positions: Sequence[int] = (5, 27, 44, 70),  # 70: in the whole-image tile of InternVL (80 tokens)
     attention_gain: float = 8.0,
 ) -> PlantedSinks:
     """Plant massive activations in ``dims`` on BOS-like, newline and period tokens and a few image tokens.
