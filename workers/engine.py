@@ -345,6 +345,19 @@ class EvalEngine:
         return results
 
     @torch.no_grad()
+    def option_logits(self, task: Task, example: Example, configs: Sequence[VARConfig | None]) -> torch.Tensor:
+        """``[len(configs), options]`` float32: each configuration's first-token logits of the example's options,
+        exactly as :meth:`evaluate` scores them (one suffix batch against the shared prefix)."""
+        if task.answer_mode != "options":
+            raise VarsweepError(f"task {task.name} answers by generation; it has no option logits")
+        configs = list(configs)
+        logits = self._run(
+            task, example, self._prepared(task, example), configs, [[ConfigResult(c)] for c in configs],
+            collect_stats=False,
+        )  # fmt: skip
+        return logits.float().cpu()
+
+    @torch.no_grad()
     def capture(self, task: Task, example: Example, config: VARConfig) -> dict[str, Any]:
         """The last prompt token's attention on the image, before and after VAR, in every layer VAR modifies.
 
@@ -486,8 +499,10 @@ class EvalEngine:
         targets: list[list[ConfigResult]],
         *,
         collect_stats: bool,
-    ) -> None:
-        """One suffix batch: a row per configuration (``None``: VAR off), its answers to each row's targets."""
+    ) -> torch.Tensor | None:
+        """One suffix batch: a row per configuration (``None``: VAR off), its answers to each row's targets.
+
+        Returns the option logits ``[rows, options]`` of an option task (None for generation)."""
         n = len(configs)
         # one row in: the configurations share the prompt, and the rows fan out at the first layer VAR may modify
         kwargs: dict[str, Any] = {
@@ -511,9 +526,9 @@ class EvalEngine:
                 out = self.model(**kwargs)
             logits = out.logits[:, -1]
             if task.answer_mode == "options":
-                self._choose(example, prep, logits, targets)
-            else:
-                self._decode(task, example, prep, out, logits, kwargs, targets)
+                return self._choose(example, prep, logits, targets)
+            self._decode(task, example, prep, out, logits, kwargs, targets)
+            return None
         finally:
             if var_rows and collect_stats:
                 stats = self.handle.stats(reset=True)
@@ -528,13 +543,14 @@ class EvalEngine:
 
     def _choose(
         self, example: Example, prep: Prepared, logits: torch.Tensor, targets: list[list[ConfigResult]]
-    ) -> None:
+    ) -> torch.Tensor:
         option_logits = logits[:, list(prep.option_ids)]  # type: ignore[arg-type]
         chosen = option_logits.argmax(dim=-1).tolist()
         for index, results in zip(chosen, targets, strict=True):
             for result in results:
                 result.choices[example.id] = index
                 result.answers[example.id] = example.options[index]  # type: ignore[index]
+        return option_logits
 
     def _decode(
         self,

@@ -7,7 +7,7 @@ import torch
 from transformers.integrations.sdpa_attention import repeat_kv
 
 from var_core import VARConfig
-from var_core.attention import attention_probs, shared_prefix_attention
+from var_core.attention import attention_probs, masked_logits, shared_prefix_attention
 from var_core.ops import redistribute_rows, row_params
 
 
@@ -171,3 +171,20 @@ def test_receivers_case_spans_s_over_v_from_1e_minus_9_to_1():
         _, result = reference(*[t.double() if t.is_floating_point() else t for t in inputs[:5]], *inputs[5:])
         ratios.append(result.receiver_mass / result.visual_mass)
     assert float(ratios[0].max()) > 0.5 and float(ratios[1].min()) < 1e-9
+
+
+def test_bfloat16_logits_are_computed_in_float32():
+    """bf16 queries and keys with sink-sized logits (~26): the probabilities equal float64 math on the same bf16
+    values to float32 rounding; a bf16 product of q and k is off by up to several percent there."""
+    generator = torch.Generator().manual_seed(0)
+    query = (torch.randn(1, 4, 6, 64, generator=generator) * 1.2).bfloat16()
+    key = (torch.randn(1, 2, 40, 64, generator=generator) * 1.2).bfloat16()
+    key[:, :, 0] = query[0, 0, 0] * 2.5  # a sink-like key: logits ~26 against it
+    probs = attention_probs(query, key, None, scaling=None)
+    exact = attention_probs(query.double(), key.double(), None, scaling=None)
+    assert probs.dtype == torch.float32 and float(exact.max()) > 0.9
+    torch.testing.assert_close(probs.double(), exact, atol=1e-6, rtol=1e-5)
+    bf16_product = torch.softmax(
+        masked_logits((query * 64**-0.5) @ repeat_kv(key, 2).transpose(2, 3), None).float(), dim=-1
+    )
+    assert float((bf16_product.double() - exact).abs().max()) > 1e-3  # what the float32 product avoids
