@@ -16,31 +16,44 @@ PRESETS = ("tiny-llava", "tiny-llava-next", "tiny-qwen2-vl", "tiny-qwen2.5-vl", 
 class Case:
     """One row of the preset table: a preset in a dtype, and the tolerances its comparisons are held to.
 
-    ``atol`` / ``rtol`` bound logits (and attention probabilities, ``probs_atol``) of two computations that are
-    equal in exact arithmetic but round differently: the engine's shared-prefix suffix against a full-prompt
-    forward, a padded batch against its rows alone, the fast or eager VAR path against the reference. In float32
-    they differ by accumulation order only; bfloat16 (8-bit mantissa: steps of 2^-8 relative) rounds every
-    hidden state, so its bounds are a few bf16 steps of the logits' scale. Where logits can differ, an argmax
-    (a choice, a generated token) is compared only when its margin exceeds ``2 * atol`` (a near-tie can flip).
+    Each pair of computations compared is equal in exact arithmetic and rounds differently:
+
+    * ``atol`` / ``rtol``: logits of a left-padded batch against its rows run alone (other kernel shapes and
+      padding: every hidden state rounds differently);
+    * ``engine_atol``: the engine's logits (shared prefix computed in chunks, float32 suffix attention)
+      against a full-prompt forward of the patched model; the prefix's operations are the same, so closer;
+    * ``probs_atol``: attention probabilities of the VAR paths against the eager reference.
+
+    In float32 they differ by accumulation order only. bfloat16 has an 8-bit mantissa: the logits themselves
+    come out of the LM head in bf16, in steps of 2^-7 near 1 and 2^-6 near 2 (their scale here), and
+    probabilities near 1 in steps of 2^-8; so its bounds are one or two such steps. Measured worst cases in
+    bf16: padded batch 2.3e-2, engine option logits 2.4e-3 and decoding 1.6e-2 (one step at 2),
+    probabilities 1.6e-2. Argmaxes (a choice, a generated token) may differ only where the reference ranks the
+    two within twice the tolerance (:meth:`tie`); in float32 never.
     """
 
     preset: str
     dtype: torch.dtype
     atol: float
     rtol: float
+    engine_atol: float
     probs_atol: float
 
     @property
     def id(self) -> str:
         return f"{self.preset}-{str(self.dtype).removeprefix('torch.')}"
 
+    def tie(self, atol: float) -> float:
+        """The margin under which two logits count as tied, for computations within ``atol`` of each other."""
+        return 0.0 if self.dtype == torch.float32 else 2 * atol
+
 
 CASES = [
     case
     for preset in PRESETS
     for case in (
-        Case(preset, torch.float32, atol=1e-4, rtol=1e-4, probs_atol=1e-6),
-        Case(preset, torch.bfloat16, atol=0.04, rtol=0.01, probs_atol=2.5e-2),
+        Case(preset, torch.float32, atol=1e-4, rtol=1e-4, engine_atol=1e-4, probs_atol=1e-6),
+        Case(preset, torch.bfloat16, atol=0.04, rtol=0.01, engine_atol=0.02, probs_atol=2.5e-2),
     )
 ]
 
@@ -69,13 +82,13 @@ def assert_var_acted(summary: dict) -> None:
     assert summary["mass_moved_per_row"] > 0, summary
 
 
-def assert_same_tokens(tokens, want, want_logits, case: Case) -> int:
-    """Greedy ``tokens`` equal ``want`` (tokens with the logits each was chosen from), step by step; in bfloat16
-    only up to the first step whose two best logits lie within ``2 * case.atol`` (a near-tie the tolerance
-    lets flip; after it the sequences may part). Returns how many steps were compared."""
+def assert_same_tokens(tokens, want, want_logits, *, tie: float) -> int:
+    """Greedy ``tokens`` equal ``want`` (tokens with the logits each was chosen from), step by step; where they
+    first part, ``want``'s logits rank the two tokens within ``tie`` of each other (a near-tie the tolerance
+    lets flip; the sequences may differ after it). Returns how many steps agreed."""
     for step, (token, expected, logits) in enumerate(zip(list(tokens), list(want), want_logits, strict=True)):
-        top = logits.float().topk(2).values
-        if case.dtype != torch.float32 and float(top[0] - top[1]) <= 2 * case.atol:
+        if int(token) != int(expected):
+            gap = float(logits[int(expected)].float() - logits[int(token)].float())
+            assert gap <= tie, (step, gap, list(tokens), list(want))
             return step
-        assert int(token) == int(expected), (step, list(tokens), list(want))
     return len(list(want))
