@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +57,16 @@ CASES = [
         Case(preset, torch.bfloat16, atol=0.04, rtol=0.01, engine_atol=0.02, probs_atol=2.5e-2),
     )
 ]
+
+
+@functools.cache
+def loaded(name: str, dtype: torch.dtype = torch.float32):
+    """``(model, processor)`` of a preset, one per (preset, dtype) for the whole session: fixtures and tests
+    share them, so a test never leaves one patched or changed."""
+    from workers.models import load_model
+
+    torch.set_num_threads(2)
+    return load_model(name, device="cpu", dtype=dtype)
 
 
 def make_image(seed: int, size: int | tuple[int, int] = 112) -> Image.Image:

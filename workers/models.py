@@ -474,7 +474,9 @@ def build_tiny_qwen2_5_vl(
     """Qwen2.5-VL architecture, random: Qwen2-VL's text model and merger, a vision tower with window attention.
 
     Windows of 56 px (2 x 2 merged tokens) in every vision block but the last, which attends over the whole
-    image, as Qwen2.5-VL's ``fullatt_block_indexes``; an image of 8 x 8 tokens spans 16 windows.
+    image, as Qwen2.5-VL's ``fullatt_block_indexes``; an image of 8 x 8 tokens spans 16 windows. The generation
+    config carries what Qwen2.5-VL-*-Instruct's changes greedy decoding with: ``repetition_penalty`` 1.05 and
+    two end tokens (``<|im_end|>``, ``<|endoftext|>``); its sampling settings are left out.
     """
     vision = {
         "depth": shape.vision_layers,
@@ -488,7 +490,7 @@ def build_tiny_qwen2_5_vl(
         "window_size": 56,
         "fullatt_block_indexes": [shape.vision_layers - 1],
     }
-    return _build_qwen_vl(
+    model, processor = _build_qwen_vl(
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
         transformers.Qwen2_5_VLProcessor,
@@ -498,6 +500,10 @@ def build_tiny_qwen2_5_vl(
         device=device,
         dtype=dtype,
     )
+    tokenizer = processor.tokenizer
+    model.generation_config.repetition_penalty = 1.05
+    model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    return model, processor
 
 
 # InternVL's tile is half of TinyShape's image, in 7 px patches: 8 x 8 patches, 4 x 4 tokens after the pixel
@@ -753,6 +759,8 @@ def load_model(
     (:func:`discover_model_sink_dims`, recorded with the method). :func:`model_sink_dims` then says which dims
     the model uses and how they were found.
     """
+    if isinstance(sink_dims, str) and sink_dims != "discover":
+        raise SinkDimsError(f"sink_dims={sink_dims!r}: give dimensions (ints) or 'discover'")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if name in PRESETS:
         model, processor = PRESETS[name]()
@@ -770,8 +778,6 @@ def load_model(
         found = discover_model_sink_dims(model, processor)
         record_sink_dims(model, found.dims, f"discovered: {found.method}")
     elif sink_dims is not None:
-        if isinstance(sink_dims, str):
-            raise SinkDimsError(f"sink_dims={sink_dims!r}: give dimensions (ints) or 'discover'")
         record_sink_dims(model, sink_dims, "given")
     return model, processor
 

@@ -13,7 +13,7 @@ from transformers import DynamicCache
 
 import var_core
 from var_core import UnsupportedModelError, VARConfig, discover_sink_dims, patch, redistribute, sink_scores
-from var_core.families import image_token_id
+from var_core.families import decoder_layers, image_token_id
 from workers.models import TINY_SINK_DIMS
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -286,3 +286,42 @@ def test_double_patch_refused(tiny):
     _, model, _ = tiny
     with patch(model), pytest.raises(var_core.VarsweepError, match="already VAR-patched"):
         patch(model)
+
+
+def test_unsupported_prompt_shapes_fail_in_one_line(tiny):
+    """Several images in a prompt, a static KV cache, sliding-window layers: refused, naming what is unsupported."""
+    name, model, processor = tiny
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Left or"},
+                                             {"type": "image"}, {"type": "text", "text": "right?"}]}]  # fmt: skip
+    two = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(images=[make_image(1), make_image(2)], text=two, return_tensors="pt")
+    one = processor(images=make_image(1), text=build_prompt(processor, "Is it red?"), return_tensors="pt")
+    with patch(model) as handle:
+        with pytest.raises(var_core.UnsupportedInputError, match="one image per prompt; a row has 2") as info:
+            logits_of(model, inputs)
+        assert "\n" not in str(info.value)
+        with pytest.raises(var_core.UnsupportedInputError, match="dynamic KV cache; this call passes a StaticCache"):
+            model.generate(**one, max_new_tokens=2, do_sample=False, cache_implementation="static")
+        handle.disable()
+        logits_of(model, inputs)  # VAR off: the model itself takes both images
+    attention = decoder_layers(model)[1].self_attn
+    had, saved = "sliding_window" in vars(attention), vars(attention).get("sliding_window")
+    attention.sliding_window = 16  # a Qwen2-style layer with a sliding window
+    try:
+        with pytest.raises(UnsupportedModelError, match=r"sliding-window attention; decoder layers \[1\]"):
+            patch(model)
+    finally:
+        if had:
+            attention.sliding_window = saved
+        else:
+            del attention.sliding_window
+    assert model.config.get_text_config()._attn_implementation == "sdpa"  # refused before touching the model
+
+
+def test_handle_says_how_sink_dims_were_found(tiny):
+    _, model, _ = tiny
+    with patch(model) as handle:
+        assert handle.sink_dims == TINY_SINK_DIMS
+        assert handle.sink_dims_source == "planted (workers.models.plant_sinks)"
+    with patch(model, sink_dims=[3, 5]) as handle:
+        assert handle.sink_dims == (3, 5) and handle.sink_dims_source == "given"
