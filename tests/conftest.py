@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from support import CASES, PRESETS, build_prompt, loaded, make_image
 
 
@@ -13,7 +14,14 @@ def tiny(request):
     return (request.param, *loaded(request.param))
 
 
-@pytest.fixture(scope="session", params=CASES, ids=[case.id for case in CASES])
+# bfloat16 matmuls are emulated on most CPUs (several times slower than float32): those cases are slow
+_CASE_PARAMS = [
+    pytest.param(case, id=case.id, marks=[pytest.mark.slow] if case.dtype == torch.bfloat16 else [])
+    for case in CASES
+]
+
+
+@pytest.fixture(scope="session", params=_CASE_PARAMS)
 def case(request):
     """(Case, model, processor): the preset table (tests/support.py), every preset in float32 and bfloat16."""
     return (request.param, *loaded(request.param.preset, request.param.dtype))

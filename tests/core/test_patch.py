@@ -157,7 +157,8 @@ def test_generate_with_cache_equals_full_recompute(tiny, tiny_inputs):
     prompt_len = tiny_inputs["input_ids"].shape[1]
     with patch(model, VARConfig(p=0.9)) as handle:
         handle.collect_stats = True
-        cached = model.generate(**tiny_inputs, max_new_tokens=6, do_sample=False)
+        # plain argmax below: no repetition penalty (tiny-qwen2.5-vl carries one, as its checkpoint does)
+        cached = model.generate(**tiny_inputs, max_new_tokens=6, do_sample=False, repetition_penalty=1.0)
         assert_var_acted(handle)
         ids = tiny_inputs["input_ids"]
         extra = {k: v for k, v in tiny_inputs.items() if k not in ("input_ids", "attention_mask")}

@@ -67,10 +67,12 @@ def test_option_choices_equal_full_prompt_run(case, mmvp):
         for example in mmvp.examples:
             # a batch holds one convention: the option logits of each group, as evaluate() batched them
             got = torch.cat([engine.option_logits(mmvp, example, group) for group in GROUPS])
+            references = {}  # config -> its full-prompt option logits (VAR off recurs in several groups)
             for row, (result, config) in enumerate(zip(results, configs, strict=True)):
-                prompt, _, logits = reference_logits(engine, mmvp, example, config)
-                ids = list(option_token_ids(processor.tokenizer, prompt, example.options))
-                want_logits = logits[ids].float()
+                if config not in references:
+                    prompt, _, logits = reference_logits(engine, mmvp, example, config)
+                    references[config] = logits[list(option_token_ids(processor.tokenizer, prompt, example.options))]
+                want_logits = references[config].float()
                 torch.testing.assert_close(got[row], want_logits, atol=spec.engine_atol, rtol=0)
                 want, chosen = int(want_logits.argmax()), result.choices[example.id]
                 gap = float(want_logits[want] - want_logits[chosen])  # 0 when the choices agree
