@@ -160,15 +160,9 @@ class _PrefixCache:
         self.pin = pin
         self.on_device: OrderedDict[str, Prepared] = OrderedDict()
         self.on_host: OrderedDict[str, tuple[Prepared, int]] = OrderedDict()  # entry, bytes it takes
+        self.device_used = 0  # bytes held by each tier
+        self.host_used = 0
         self.stats = CacheStats()
-
-    @property
-    def device_used(self) -> int:
-        return sum(entry.nbytes for entry in self.on_device.values())
-
-    @property
-    def host_used(self) -> int:
-        return sum(size for _, size in self.on_host.values())
 
     def get(self, key: str) -> Prepared | None:
         if key in self.on_device:
@@ -177,27 +171,35 @@ class _PrefixCache:
             return self.on_device[key]
         if key in self.on_host:
             self.stats.host_hits += 1
-            return self.put(key, self.on_host.pop(key)[0].to(self.device))
+            entry, size = self.on_host.pop(key)
+            self.host_used -= size
+            return self.put(key, entry.to(self.device))
         return None
 
     def put(self, key: str, entry: Prepared) -> Prepared:
         self.on_device[key] = entry
+        self.device_used += entry.nbytes
         # the newest entry always stays, even alone over budget: it is about to be used
         while len(self.on_device) > 1 and self.device_used > self.device_bytes:
             old_key, old = self.on_device.popitem(last=False)
+            self.device_used -= old.nbytes
             if self.host_bytes > 0:
-                self.on_host[old_key] = _to_host(old, pin=self.pin)
+                copy, size = _to_host(old, pin=self.pin)
+                self.on_host[old_key] = (copy, size)
+                self.host_used += size
                 self.stats.spills += 1
             else:
                 self.stats.evictions += 1
         while self.on_host and self.host_used > self.host_bytes:
-            self.on_host.popitem(last=False)
+            _, (_, size) = self.on_host.popitem(last=False)
+            self.host_used -= size
             self.stats.evictions += 1
         return entry
 
     def clear(self) -> None:
         self.on_device.clear()
         self.on_host.clear()
+        self.device_used = self.host_used = 0
 
 
 def _available_host_bytes() -> int:
