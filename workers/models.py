@@ -71,6 +71,8 @@ __all__ = [
     "TinyShape",
     "LLAVA_CPU_SHAPE",
     "LLAVA_15_7B_SHAPE",
+    "TINY_LLAVA_NEXT_SHAPE",
+    "TINY_INTERNVL_SHAPE",
     "load_model",
     "check_model",
     "plant_sinks",
@@ -104,7 +106,9 @@ class TinyShape:
     kv_heads: int = 4
     intermediate: int = 1536
     vocab: int = 0  # 0: the tokenizer's size; larger pads the embedding (LLaVA-1.5: 32064)
-    image_size: int = 112  # LLaVA: (112 / 14)^2 = 64 image tokens; Qwen2-VL: images resized to 224 px -> 64
+    # the vision tower's input: LLaVA (112 / 14)^2 = 64 image tokens; Qwen2-VL: images resized to 224 px -> 64;
+    # LLaVA-NeXT and InternVL: the tile size (TINY_LLAVA_NEXT_SHAPE, TINY_INTERNVL_SHAPE)
+    image_size: int = 112
     vision_hidden: int = 64
     vision_layers: int = 3
     vision_heads: int = 4
