@@ -81,7 +81,10 @@ class GreedyDecoding:
             UnsupportedGenerationError: a setting of the config changes decoding beyond these processors.
         """
         config = getattr(model, "generation_config", None) or GenerationConfig()
-        refused = [name for name, test in _REFUSED.items() if getattr(config, name, None) is not None and test(getattr(config, name))]
+        refused = [
+            name for name, needs_more in _REFUSED.items()
+            if getattr(config, name, None) is not None and needs_more(getattr(config, name))
+        ]  # fmt: skip
         if refused:
             shown = ", ".join(f"{name}={getattr(config, name)!r}" for name in refused)
             raise UnsupportedGenerationError(
@@ -116,6 +119,8 @@ class GreedyDecoding:
             found.append(SuppressTokensAtBeginLogitsProcessor(config.begin_suppress_tokens, prompt_len, device=device))
         return found
 
-    def next_tokens(self, processors: LogitsProcessorList, sequences: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    def next_tokens(
+        self, processors: LogitsProcessorList, sequences: torch.Tensor, logits: torch.Tensor
+    ) -> torch.Tensor:
         """``[B]`` next tokens: ``logits`` ``[B, V]`` of the last position, in float32, processed, argmax."""
         return processors(sequences, logits.float()).argmax(dim=-1)
