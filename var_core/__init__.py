@@ -36,7 +36,6 @@ _EXPORTS: dict[str, str] = {
             "discover_sink_dims",
             "find_sink_dims",
             "record_sink_dims",
-            "resolve_sink_dims",
         ],
         "sink_dims",
     ),
@@ -71,7 +70,6 @@ __all__ = [
     "patch",
     "record_sink_dims",
     "redistribute",
-    "resolve_sink_dims",
     "sink_components",
     "sink_mask",
     "sink_scores",
@@ -114,6 +112,5 @@ if TYPE_CHECKING:
         discover_sink_dims,
         find_sink_dims,
         record_sink_dims,
-        resolve_sink_dims,
     )
     from var_core.stats import VARStats

@@ -24,7 +24,6 @@ __all__ = [
     "BASE_LLM_BY_MODEL",
     "SinkDims",
     "find_sink_dims",
-    "resolve_sink_dims",
     "record_sink_dims",
     "discover_sink_dims",
     "SinkDimsDiscovery",
@@ -133,11 +132,6 @@ def find_sink_dims(model: nn.Module, sink_dims: Sequence[int] | None = None) -> 
     if not found.dims or min(found.dims) < 0 or max(found.dims) >= hidden:
         raise SinkDimsError(f"sink_dims {found.dims} out of range for hidden size {hidden}")
     return found
-
-
-def resolve_sink_dims(model: nn.Module, sink_dims: Sequence[int] | None = None) -> tuple[int, ...]:
-    """The sink dimensions of :func:`find_sink_dims`, without their provenance."""
-    return find_sink_dims(model, sink_dims).dims
 
 
 def record_sink_dims(model: nn.Module, dims: Sequence[int], source: str) -> None:
