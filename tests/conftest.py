@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support import PRESETS, build_prompt, make_image
+from support import CASES, PRESETS, build_prompt, loaded, make_image
 
 
 @pytest.fixture(scope="session", params=PRESETS)
 def tiny(request):
-    """(name, model, processor) for each preset, sinks planted; shared by the session, so never leave it patched."""
-    from workers.models import load_model
+    """(name, model, processor) for each preset in float32, sinks planted; shared by the session, so never leave
+    it patched."""
+    return (request.param, *loaded(request.param))
 
-    torch.set_num_threads(2)
-    model, processor = load_model(request.param, device="cpu")
-    return request.param, model, processor
+
+# bfloat16 matmuls are emulated on most CPUs (several times slower than float32): those cases are slow
+_CASE_PARAMS = [
+    pytest.param(case, id=case.id, marks=[pytest.mark.slow] if case.dtype == torch.bfloat16 else [])
+    for case in CASES
+]
+
+
+@pytest.fixture(scope="session", params=_CASE_PARAMS)
+def case(request):
+    """(Case, model, processor): the preset table (tests/support.py), every preset in float32 and bfloat16."""
+    return (request.param, *loaded(request.param.preset, request.param.dtype))
 
 
 @pytest.fixture()
@@ -22,3 +32,10 @@ def tiny_inputs(tiny):
     _, _, processor = tiny
     prompt = build_prompt(processor, "Is the circle red or blue? Answer with the option's letter. A. Red B. Blue")
     return processor(images=make_image(0), text=prompt, return_tensors="pt")
+
+
+@pytest.fixture(scope="session")
+def anyres():
+    """("tiny-llava-next", model, processor): one preset, for engine behaviour that is the same on every family
+    (its prefixes carry the most inputs: image_sizes, five crops)."""
+    return ("tiny-llava-next", *loaded("tiny-llava-next"))

@@ -13,12 +13,30 @@ from typing import TYPE_CHECKING, Any
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["CONVENTIONS", "TASK_GROUP_RHO", "Convention", "VARConfig", "paper_defaults"], "config"),
-    **dict.fromkeys(["ConfigError", "SinkDimsError", "UnsupportedModelError", "VarsweepError"], "errors"),
+    **dict.fromkeys(
+        [
+            "ConfigError",
+            "SinkDimsAssumedWarning",
+            "SinkDimsError",
+            "UnsupportedInputError",
+            "UnsupportedModelError",
+            "VarsweepError",
+        ],
+        "errors",
+    ),
     **dict.fromkeys(["FAMILIES", "Family", "family_of"], "families"),
     **dict.fromkeys(["redistribute", "sink_components", "sink_mask", "sink_scores"], "ops"),
     **dict.fromkeys(["SharedPrefix", "VARHandle", "VARState", "patch"], "patch"),
     **dict.fromkeys(
-        ["BASE_LLM_BY_MODEL", "SINK_DIMS", "SinkDimsDiscovery", "discover_sink_dims", "resolve_sink_dims"],
+        [
+            "BASE_LLM_BY_MODEL",
+            "SINK_DIMS",
+            "SinkDims",
+            "SinkDimsDiscovery",
+            "discover_sink_dims",
+            "find_sink_dims",
+            "record_sink_dims",
+        ],
         "sink_dims",
     ),
     "VARStats": "stats",
@@ -33,9 +51,12 @@ __all__ = [
     "Family",
     "SINK_DIMS",
     "SharedPrefix",
+    "SinkDims",
+    "SinkDimsAssumedWarning",
     "SinkDimsDiscovery",
     "SinkDimsError",
     "TASK_GROUP_RHO",
+    "UnsupportedInputError",
     "UnsupportedModelError",
     "VARConfig",
     "VARHandle",
@@ -44,10 +65,11 @@ __all__ = [
     "VarsweepError",
     "discover_sink_dims",
     "family_of",
+    "find_sink_dims",
     "paper_defaults",
     "patch",
+    "record_sink_dims",
     "redistribute",
-    "resolve_sink_dims",
     "sink_components",
     "sink_mask",
     "sink_scores",
@@ -71,15 +93,24 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from var_core.config import CONVENTIONS, TASK_GROUP_RHO, Convention, VARConfig, paper_defaults
-    from var_core.errors import ConfigError, SinkDimsError, UnsupportedModelError, VarsweepError
+    from var_core.errors import (
+        ConfigError,
+        SinkDimsAssumedWarning,
+        SinkDimsError,
+        UnsupportedInputError,
+        UnsupportedModelError,
+        VarsweepError,
+    )
     from var_core.families import FAMILIES, Family, family_of
     from var_core.ops import redistribute, sink_components, sink_mask, sink_scores
     from var_core.patch import SharedPrefix, VARHandle, VARState, patch
     from var_core.sink_dims import (
         BASE_LLM_BY_MODEL,
         SINK_DIMS,
+        SinkDims,
         SinkDimsDiscovery,
         discover_sink_dims,
-        resolve_sink_dims,
+        find_sink_dims,
+        record_sink_dims,
     )
     from var_core.stats import VARStats

@@ -6,7 +6,7 @@ they stand in for, so ``except ValueError`` around a bad configuration keeps wor
 
 from __future__ import annotations
 
-__all__ = ["VarsweepError", "ConfigError", "UnsupportedModelError", "SinkDimsError"]
+__all__ = ["VarsweepError", "ConfigError", "UnsupportedModelError", "UnsupportedInputError", "SinkDimsError", "SinkDimsAssumedWarning"]
 
 
 class VarsweepError(Exception):
@@ -21,5 +21,13 @@ class UnsupportedModelError(VarsweepError, ValueError):
     """The model lacks something VAR needs (family, image token id, decoder layers)."""
 
 
+class UnsupportedInputError(VarsweepError, ValueError):
+    """A call has a shape VAR does not support (several images in one prompt, a static KV cache)."""
+
+
 class SinkDimsError(VarsweepError, LookupError):
     """No sink dimensions are known for a model, and none were given."""
+
+
+class SinkDimsAssumedWarning(VarsweepError, UserWarning):
+    """Sink dimensions were taken from a base LLM the model only resembles in shape: unverified for this model."""

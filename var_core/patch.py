@@ -25,15 +25,15 @@ from typing import Any, Literal
 import torch
 from torch import nn
 from transformers import AttentionInterface, AttentionMaskInterface, Cache
-from transformers.integrations.sdpa_attention import repeat_kv
+from transformers.cache_utils import StaticLayer
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
-from var_core.attention import attention_probs, causal_allowed, shared_prefix_attention
+from var_core.attention import attend, attention_probs, causal_allowed, shared_prefix_attention
 from var_core.config import VARConfig
-from var_core.errors import UnsupportedModelError, VarsweepError
-from var_core.families import backbone, decoder_layers, family_of, image_token_id
+from var_core.errors import UnsupportedInputError, UnsupportedModelError, VarsweepError
+from var_core.families import backbone, decoder_layers, family_of, image_token_id, sliding_window_layers
 from var_core.ops import (
     Redistribution,
     RowParams,
@@ -42,7 +42,7 @@ from var_core.ops import (
     row_params,
     sink_components,
 )
-from var_core.sink_dims import resolve_sink_dims
+from var_core.sink_dims import SinkDims, find_sink_dims
 from var_core.stats import VARStats
 
 __all__ = ["patch", "VARHandle", "VARState", "SharedPrefix", "AttentionPath", "LayerCapture"]
@@ -163,6 +163,11 @@ class VARState:
             return
         ids = input_ids[:, :n_prompt]
         visual = ids == image_id
+        images = (visual & ~torch.nn.functional.pad(visual[:, :-1], (1, 0), value=False)).sum(-1)  # runs
+        if bool((images > 1).any()):
+            raise UnsupportedInputError(
+                f"VAR supports one image per prompt; a row has {int(images.max())} (separate runs of image tokens)"
+            )
         real = (
             attention_mask[:, -length:][:, :n_prompt].bool()
             if attention_mask is not None and attention_mask.dim() == 2
@@ -232,12 +237,13 @@ class VARHandle:
         model: nn.Module,
         config: VARConfig | Sequence[VARConfig],
         *,
-        sink_dims: tuple[int, ...],
+        sink_dims: SinkDims,
         base_implementation: str,
         path: AttentionPath,
     ) -> None:
         self.model = model
-        self.sink_dims = sink_dims
+        self.sink_dims = sink_dims.dims
+        self.sink_dims_source = sink_dims.source  # how they were found (var_core.find_sink_dims), for the logs
         self.path: AttentionPath = path
         self.image_token_id = image_token_id(model)
         self.layers = decoder_layers(model)
@@ -381,6 +387,11 @@ class VARHandle:
         if not self.enabled:
             return None
         cache = kwargs.get("past_key_values")
+        if cache is not None and any(isinstance(layer, StaticLayer) for layer in getattr(cache, "layers", ())):
+            raise UnsupportedInputError(
+                f"VAR needs a dynamic KV cache; this call passes a {type(cache).__name__} (leave cache_implementation "
+                "unset)"
+            )
         state = kwargs.get("var_state")
         if state is None and cache is not None:
             state = self._states.get(cache)
@@ -475,8 +486,7 @@ class VARHandle:
                 visual=visual.cpu(),
                 sinks=sinks.cpu(),
             )
-        values = repeat_kv(value, module.num_key_value_groups)
-        outputs.append(torch.matmul(result.attn.to(value.dtype), values).transpose(1, 2))
+        outputs.append(attend(result.attn, value))  # float32 throughout, like SDPA's accumulation
         out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
         # The eager path holds every row's probabilities, so it can serve output_attentions (after VAR).
         weights = result.attn.to(query.dtype) if self.path == "eager" else None
@@ -586,10 +596,11 @@ def patch(
     *,
     path: AttentionPath = "fast",
 ) -> VARHandle:
-    """Patch ``model`` (a LLaVA or Qwen2-VL ``*ForConditionalGeneration``) with VAR; returns the handle.
+    """Patch ``model`` (a ``*ForConditionalGeneration`` of a family in :data:`var_core.FAMILIES`) with VAR.
 
-    Everything is checked before the model is touched: the family, the image token id, the decoder layers, the
-    sink dimensions (:func:`var_core.resolve_sink_dims`) and the attention implementation (SDPA or eager).
+    Everything is checked before the model is touched: the family, the image token id, the decoder layers (no
+    sliding window), the sink dimensions (:func:`var_core.find_sink_dims`; ``handle.sink_dims_source`` says how
+    they were found) and the attention implementation (SDPA or eager).
     ``path="eager"`` computes every attention row with explicit probabilities, as the released code does; the
     default ``"fast"`` keeps every row VAR cannot touch on the original implementation.
     """
@@ -599,7 +610,12 @@ def patch(
     family_of(model)
     image_token_id(model)
     layers = decoder_layers(model)
-    dims = resolve_sink_dims(model, sink_dims)
+    windowed = sliding_window_layers(model)
+    if windowed:
+        raise UnsupportedModelError(
+            f"VAR does not support sliding-window attention; decoder layers {windowed} of {type(model).__name__} use it"
+        )
+    dims = find_sink_dims(model, sink_dims)
     if any(layer.self_attn in _HANDLES for layer in layers):
         raise VarsweepError("this model is already VAR-patched: remove() the existing handle first")
     base = model.config.get_text_config()._attn_implementation

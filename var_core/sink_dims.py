@@ -1,49 +1,73 @@
 """Sink dimensions D_sink: a property of the base LLM (VAR.md section 1), plus discovery for other models.
 
-Resolution order for a model: an explicit argument; ``sink_dims`` recorded in the text config (by
-:func:`discover_sink_dims` users or by a planted test model); the hub id; the text model's shape.
+Resolution order for a model (:func:`find_sink_dims`): an explicit argument; ``sink_dims`` recorded in the text
+config (by :func:`record_sink_dims`: given by the user, discovered, or planted in a test model), with the
+provenance recorded beside it; the hub id, through :data:`BASE_LLM_BY_MODEL`; last, the text model's shape, which
+only says the model is built like a known base LLM (a Qwen2.5-VL-7B has Qwen2-VL-7B's shape, a fine-tune keeps its
+base's), so that match warns (:class:`~var_core.errors.SinkDimsAssumedWarning`). The result says how the dims
+were found, for the sweep's logs.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from var_core.errors import SinkDimsError
+from var_core.errors import SinkDimsAssumedWarning, SinkDimsError
 
-__all__ = ["SINK_DIMS", "BASE_LLM_BY_MODEL", "resolve_sink_dims", "discover_sink_dims", "SinkDimsDiscovery"]
+__all__ = [
+    "SINK_DIMS",
+    "BASE_LLM_BY_MODEL",
+    "SinkDims",
+    "find_sink_dims",
+    "record_sink_dims",
+    "discover_sink_dims",
+    "SinkDimsDiscovery",
+]
 
 # Base LLM -> sink dimensions (VAR.md section 1; the paper's Table/Fig. of massive activations).
 SINK_DIMS: dict[str, tuple[int, ...]] = {
     "llama-2-7b": (1415, 2533),  # also Vicuna-7B v1.5, its fine-tune
     "llama-2-13b": (2100, 4743),  # also Vicuna-13B v1.5
     "qwen2-7b": (458, 2570),
-    "internlm2.5-7b": (3584,),  # InternVL2-8B's LLM (no patch support yet)
+    "internlm2.5-7b": (3584,),  # InternVL2-8B's LLM
 }
 
-# Hub ids -> base LLM (lower-cased).
+# Hub ids -> base LLM (lower-cased): the models VAR.md names, in their original and HF formats.
 BASE_LLM_BY_MODEL: dict[str, str] = {
     "llava-hf/llava-1.5-7b-hf": "llama-2-7b",
     "liuhaotian/llava-v1.5-7b": "llama-2-7b",
     "llava-hf/llava-1.5-13b-hf": "llama-2-13b",
     "liuhaotian/llava-v1.5-13b": "llama-2-13b",
     "llava-hf/llava-v1.6-vicuna-7b-hf": "llama-2-7b",
+    "liuhaotian/llava-v1.6-vicuna-7b": "llama-2-7b",
     "llava-hf/llava-v1.6-vicuna-13b-hf": "llama-2-13b",
+    "liuhaotian/llava-v1.6-vicuna-13b": "llama-2-13b",
     "qwen/qwen2-vl-7b-instruct": "qwen2-7b",
     "qwen/qwen2-vl-7b": "qwen2-7b",
     "opengvlab/internvl2-8b": "internlm2.5-7b",
 }
 
 # (hidden, layers, heads, kv heads, intermediate) of the text model -> base LLM, for local folders and
-# random-weight models of a real shape.
+# random-weight models of a real shape. A match is an assumption (see the module docstring).
 _BASE_LLM_BY_SHAPE: dict[tuple[int, int, int, int, int], str] = {
     (4096, 32, 32, 32, 11008): "llama-2-7b",
     (5120, 40, 40, 40, 13824): "llama-2-13b",
     (3584, 28, 28, 4, 18944): "qwen2-7b",
 }
+
+
+@dataclass(frozen=True)
+class SinkDims:
+    """Sink dimensions for a model and how they were found."""
+
+    dims: tuple[int, ...]
+    source: str  # one line for logs: "given", "discovered: ...", "hub id ... -> llama-2-7b", "assumed: ..."
+    assumed: bool = False  # True when only the text model's shape matched: not verified for this model
 
 
 def _text_config(model: nn.Module) -> object:
@@ -62,27 +86,60 @@ def _shape_key(text_config: object) -> tuple[int, int, int, int, int]:
     )
 
 
-def resolve_sink_dims(model: nn.Module, sink_dims: Sequence[int] | None = None) -> tuple[int, ...]:
-    """The sink dimensions to use for ``model`` (see the module docstring for the order)."""
+def find_sink_dims(model: nn.Module, sink_dims: Sequence[int] | None = None) -> SinkDims:
+    """The sink dimensions to use for ``model`` and their provenance (see the module docstring for the order).
+
+    Warns (:class:`~var_core.errors.SinkDimsAssumedWarning`) when only the text model's shape matched.
+
+    Raises:
+        SinkDimsError: nothing matched, or the dims are out of range for the hidden size.
+    """
     text_config = _text_config(model)
-    hidden = int(getattr(text_config, "hidden_size", 0))
-    if sink_dims is None:
-        sink_dims = getattr(text_config, "sink_dims", None)
-    if sink_dims is None:
-        name = str(getattr(model.config, "_name_or_path", "") or "").lower()
-        base = BASE_LLM_BY_MODEL.get(name) or _BASE_LLM_BY_SHAPE.get(_shape_key(text_config))
-        if base is not None:
-            sink_dims = SINK_DIMS[base]
-    if sink_dims is None:
-        raise SinkDimsError(
-            f"no sink dimensions known for {getattr(model.config, '_name_or_path', '') or type(model).__name__} "
-            f"(text shape {_shape_key(text_config)}): pass sink_dims=..., or find them with "
-            "var_core.discover_sink_dims(model, inputs) and record them in config.text_config.sink_dims"
+    name = str(getattr(model.config, "_name_or_path", "") or "")
+    found: SinkDims | None = None
+    if sink_dims is not None:
+        found = SinkDims(tuple(int(d) for d in sink_dims), "given")
+    elif getattr(text_config, "sink_dims", None) is not None:
+        recorded = getattr(text_config, "sink_dims_source", None) or "recorded in config.text_config.sink_dims"
+        found = SinkDims(tuple(int(d) for d in text_config.sink_dims), str(recorded))
+    elif name.lower() in BASE_LLM_BY_MODEL:
+        base = BASE_LLM_BY_MODEL[name.lower()]
+        found = SinkDims(SINK_DIMS[base], f"hub id {name} -> {base} (VAR.md sec. 1)")
+    elif _shape_key(text_config) in _BASE_LLM_BY_SHAPE:
+        base = _BASE_LLM_BY_SHAPE[_shape_key(text_config)]
+        shape = _shape_key(text_config)
+        found = SinkDims(
+            SINK_DIMS[base],
+            f"assumed: the text model of {name or type(model).__name__} has {base}'s shape {shape}",
+            assumed=True,
         )
-    dims = tuple(int(d) for d in sink_dims)
-    if not dims or min(dims) < 0 or max(dims) >= hidden:
-        raise SinkDimsError(f"sink_dims {dims} out of range for hidden size {hidden}")
-    return dims
+        warnings.warn(
+            f"sink dims {found.dims} ASSUMED for {name or type(model).__name__}: its text model has the shape of "
+            f"{base} (hidden, layers, heads, kv heads, intermediate = {shape}), which does not prove it shares "
+            f"{base}'s massive-activation dimensions (another model or fine-tune of that shape may not); give "
+            "sink_dims=... or discover them (var_core.discover_sink_dims, workers.models.load_model(..., "
+            "sink_dims='discover'))",
+            SinkDimsAssumedWarning,
+            stacklevel=2,
+        )
+    if found is None:
+        raise SinkDimsError(
+            f"no sink dimensions known for {name or type(model).__name__} (text shape {_shape_key(text_config)}): "
+            "pass sink_dims=..., or find them with var_core.discover_sink_dims(model, inputs) and record them "
+            "with var_core.record_sink_dims"
+        )
+    hidden = int(getattr(text_config, "hidden_size", 0))
+    if not found.dims or min(found.dims) < 0 or max(found.dims) >= hidden:
+        raise SinkDimsError(f"sink_dims {found.dims} out of range for hidden size {hidden}")
+    return found
+
+
+def record_sink_dims(model: nn.Module, dims: Sequence[int], source: str) -> None:
+    """Record sink dimensions and how they were found in the model's text config, where :func:`find_sink_dims`
+    (and so :func:`var_core.patch`) reads them; ``save_pretrained`` keeps them."""
+    text_config = _text_config(model)
+    text_config.sink_dims = [int(d) for d in dims]  # type: ignore[attr-defined]
+    text_config.sink_dims_source = source  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

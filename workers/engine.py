@@ -4,17 +4,20 @@ VAR only rewrites attention rows of text after the image and of generated tokens
 much faster"). So for each example the vision tower, the forward of the prompt up to the image end, its KV cache
 and the prefix tokens' sink-score components (:class:`var_core.VARState`) do not depend on (tau, rho, p). They are
 computed once (the text before the image once per prompt format; the last layer stops once its keys are cached)
-and kept within a byte budget (device memory, then host memory, then recomputed). Every batch of configurations
+and kept within a byte budget (device memory, then host memory, then recomputed); by default the budgets follow
+the memory left free once the model is loaded (:func:`memory_budgets`). Every batch of configurations
 then runs only the suffix (the question), one configuration per batch row (VAR off is a row too): the suffix enters
 as one row, runs once through the layers below the first one VAR may modify, fans out there, and attends to the
 prefix through :class:`var_core.SharedPrefix`, one copy for all rows
 (:func:`var_core.attention.shared_prefix_attention`). Option tasks score from the last position's logits, so the
-last layer works on that position alone; generation tasks decode greedily from the cache. Results equal a plain
-full-prompt run of the patched model (tests/engine prove it).
+last layer works on that position alone; generation tasks decode greedily from the cache under the checkpoint's
+generation config (:class:`workers.decoding.GreedyDecoding`). Results equal a plain full-prompt run of the
+patched model and ``model.generate(do_sample=False)`` (tests/engine prove it).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -28,11 +31,12 @@ from transformers import DynamicCache
 
 from var_core import SharedPrefix, VARConfig, VARHandle, VARState, family_of, patch
 from var_core.errors import VarsweepError
-from var_core.families import image_token_id, residual_branches
+from var_core.families import image_layout, image_token_id, prompt_positions, residual_branches
+from workers.decoding import GreedyDecoding
 from workers.results import ConfigResult
 from workers.tasks import Example, Task, option_token_ids
 
-__all__ = ["EvalEngine", "ConfigResult", "Prepared", "CacheStats"]
+__all__ = ["EvalEngine", "ConfigResult", "Prepared", "CacheStats", "memory_budgets"]
 
 Progress = Callable[[int, int], None]
 _HEADS_KEPT = 8  # prompt formats whose text before the image is kept (a task has one or a few)
@@ -45,7 +49,7 @@ class Prepared:
     example_id: str
     prompt_len: int
     prefix_len: int
-    suffix_ids: torch.Tensor  # [1, S]
+    prompt_ids: torch.Tensor  # [1, T]: the whole prompt (decoding processors read it, e.g. a repetition penalty)
     keys: list[torch.Tensor]  # per layer [1, H_kv, P, D]
     values: list[torch.Tensor]
     state: VARState  # sink-score components of the prefix, image positions
@@ -53,37 +57,87 @@ class Prepared:
     option_ids: tuple[int, ...] | None
 
     @property
-    def nbytes(self) -> int:
-        tensors = [*self.keys, *self.values, *self.state.peak.values(), *self.state.mean_sq.values()]
-        return sum(t.numel() * t.element_size() for t in tensors)
+    def suffix_ids(self) -> torch.Tensor:
+        """``[1, S]``: the prompt after the prefix (the question), which every configuration runs."""
+        return self.prompt_ids[:, self.prefix_len :]
 
-    def to(self, device: torch.device) -> Prepared:
-        """This entry with its tensors on ``device`` (a copy when the device changes)."""
-
-        def move(t: torch.Tensor) -> torch.Tensor:
-            return t.to(device, non_blocking=True)
-
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor of the entry, in the order :meth:`with_tensors` takes them back."""
         state = self.state
+        layers = sorted(state.peak)
+        return [
+            self.prompt_ids,
+            self.suffix_positions,
+            state.visual,  # type: ignore[list-item]
+            state.candidate,  # type: ignore[list-item]
+            state.image_end,  # type: ignore[list-item]
+            *(state.peak[layer] for layer in layers),
+            *(state.mean_sq[layer] for layer in layers),
+            *self.keys,
+            *self.values,
+        ]
+
+    def with_tensors(self, tensors: Sequence[torch.Tensor]) -> Prepared:
+        """This entry with :meth:`tensors` replaced by ``tensors`` (same order, shapes and dtypes)."""
+        state, layers, n = self.state, sorted(self.state.peak), len(self.keys)
+        it = iter(tensors)
+        prompt_ids, positions, visual, candidate, image_end = (next(it) for _ in range(5))
+        peak = {layer: next(it) for layer in layers}
+        mean_sq = {layer: next(it) for layer in layers}
+        keys, values = [next(it) for _ in range(n)], [next(it) for _ in range(n)]
         moved = VARState(
             prompt_len=state.prompt_len,
             seen=state.seen,
-            visual=move(state.visual),  # type: ignore[arg-type]
-            candidate=move(state.candidate),  # type: ignore[arg-type]
-            image_end=move(state.image_end),  # type: ignore[arg-type]
-            peak={k: move(v) for k, v in state.peak.items()},
-            mean_sq={k: move(v) for k, v in state.mean_sq.items()},
+            visual=visual,
+            candidate=candidate,
+            image_end=image_end,
+            peak=peak,
+            mean_sq=mean_sq,
         )
         return Prepared(
             example_id=self.example_id,
             prompt_len=self.prompt_len,
             prefix_len=self.prefix_len,
-            suffix_ids=move(self.suffix_ids),
-            keys=[move(k) for k in self.keys],
-            values=[move(v) for v in self.values],
+            prompt_ids=prompt_ids,
+            keys=keys,
+            values=values,
             state=moved,
-            suffix_positions=move(self.suffix_positions),
+            suffix_positions=positions,
             option_ids=self.option_ids,
         )
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    def to(self, device: torch.device) -> Prepared:
+        """This entry with its tensors on ``device`` (a copy when the device changes)."""
+        return self.with_tensors([t.to(device, non_blocking=True) for t in self.tensors()])
+
+
+def _pinned_size(nbytes: int) -> int:
+    """Bytes a pinned host allocation of ``nbytes`` takes: the CUDA host allocator rounds to a power of two."""
+    return 1 << max(nbytes - 1, 0).bit_length()
+
+
+def _to_host(entry: Prepared, *, pin: bool) -> tuple[Prepared, int]:
+    """A host copy of ``entry`` in one buffer (pinned for fast, asynchronous reloads); returns it and its bytes.
+
+    One buffer per entry, not one per tensor: pinned allocations are rounded up to a power of two, which for
+    dozens of small tensors would take several times their size; the returned size is what the buffer takes.
+    """
+    tensors = entry.tensors()
+    offsets, total = [], 0
+    for t in tensors:
+        total = -(-total // 64) * 64  # 64-byte aligned views, for every dtype
+        offsets.append(total)
+        total += t.numel() * t.element_size()
+    buffer = torch.empty(max(total, 1), dtype=torch.uint8, pin_memory=pin)
+    views = []
+    for t, offset in zip(tensors, offsets, strict=True):
+        view = buffer[offset : offset + t.numel() * t.element_size()].view(t.dtype).view(t.shape)
+        views.append(view.copy_(t, non_blocking=pin))
+    return entry.with_tensors(views), (_pinned_size(total) if pin else total)
 
 
 @dataclass
@@ -91,19 +145,23 @@ class CacheStats:
     prepared: int = 0  # prefixes computed (recomputations included)
     device_hits: int = 0
     host_hits: int = 0
-    evictions: int = 0
+    spills: int = 0  # entries moved from device to host memory
+    evictions: int = 0  # entries dropped (recomputed when needed again)
     prepare_seconds: float = 0.0
 
 
 class _PrefixCache:
-    """Prepared examples in two LRU tiers: device memory, then host memory; beyond both, dropped."""
+    """Prepared examples in two LRU tiers: device memory, then (``host_bytes`` > 0) host memory; beyond, dropped."""
 
-    def __init__(self, device: torch.device, device_bytes: int, host_bytes: int) -> None:
+    def __init__(self, device: torch.device, device_bytes: int, host_bytes: int, *, pin: bool) -> None:
         self.device = device
         self.device_bytes = device_bytes
-        self.host_bytes = host_bytes if device.type != "cpu" else 0  # on a CPU, host memory is the device
+        self.host_bytes = host_bytes
+        self.pin = pin
         self.on_device: OrderedDict[str, Prepared] = OrderedDict()
-        self.on_host: OrderedDict[str, Prepared] = OrderedDict()
+        self.on_host: OrderedDict[str, tuple[Prepared, int]] = OrderedDict()  # entry, bytes it takes
+        self.device_used = 0  # bytes held by each tier
+        self.host_used = 0
         self.stats = CacheStats()
 
     def get(self, key: str) -> Prepared | None:
@@ -113,27 +171,65 @@ class _PrefixCache:
             return self.on_device[key]
         if key in self.on_host:
             self.stats.host_hits += 1
-            return self.put(key, self.on_host.pop(key).to(self.device))
+            entry, size = self.on_host.pop(key)
+            self.host_used -= size
+            return self.put(key, entry.to(self.device))
         return None
 
     def put(self, key: str, entry: Prepared) -> Prepared:
         self.on_device[key] = entry
-        self._shrink(self.on_device, self.device_bytes, spill=self.host_bytes > 0)
-        self._shrink(self.on_host, self.host_bytes, spill=False)
-        return entry
-
-    def _shrink(self, tier: OrderedDict[str, Prepared], budget: int, *, spill: bool) -> None:
+        self.device_used += entry.nbytes
         # the newest entry always stays, even alone over budget: it is about to be used
-        while len(tier) > 1 and sum(e.nbytes for e in tier.values()) > budget:
-            key, entry = tier.popitem(last=False)
-            if spill:
-                self.on_host[key] = entry.to(torch.device("cpu"))
+        while len(self.on_device) > 1 and self.device_used > self.device_bytes:
+            old_key, old = self.on_device.popitem(last=False)
+            self.device_used -= old.nbytes
+            if self.host_bytes > 0:
+                copy, size = _to_host(old, pin=self.pin)
+                self.on_host[old_key] = (copy, size)
+                self.host_used += size
+                self.stats.spills += 1
             else:
                 self.stats.evictions += 1
+        while self.on_host and self.host_used > self.host_bytes:
+            _, (_, size) = self.on_host.popitem(last=False)
+            self.host_used -= size
+            self.stats.evictions += 1
+        return entry
 
     def clear(self) -> None:
         self.on_device.clear()
         self.on_host.clear()
+        self.device_used = self.host_used = 0
+
+
+def _available_host_bytes() -> int:
+    """Host memory available to new allocations (Linux ``MemAvailable``; else the free pages)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_budgets(
+    device: torch.device, *, headroom: float = 0.2, min_headroom: int = 2 << 30, host_share: float = 0.5
+) -> tuple[int, int]:
+    """``(device bytes, host bytes)`` for the prefix caches, from the memory free now: call it after the model
+    is loaded.
+
+    On a GPU the device tier gets the free device memory less a headroom of ``headroom`` of the total (at least
+    ``min_headroom``), left for the suffix batches' activations and the allocator. The host tier gets
+    ``host_share`` of the available host memory (pinned memory cannot be swapped out, so not all of it). On a
+    CPU the device is host memory, and gets that same share.
+    """
+    host = int(_available_host_bytes() * host_share)
+    if device.type != "cuda":
+        return host, host
+    free, total = torch.cuda.mem_get_info(device)
+    return max(0, int(free - max(min_headroom, headroom * total))), host
 
 
 def _keys_values(cache: DynamicCache) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -165,8 +261,12 @@ class EvalEngine:
     """Evaluates batches of VAR configurations on a task's examples, reusing per-example prefixes.
 
     The engine owns a VAR patch on ``model`` (or uses ``handle``). ``cache_bytes`` bounds the prefixes kept in
-    device memory, ``host_cache_bytes`` those spilled to host memory (GPU only); anything beyond is recomputed
-    when needed. ``max_batch`` bounds the configurations run together against one prefix.
+    device memory, ``host_cache_bytes`` those spilled to host memory; anything beyond is recomputed when needed.
+    ``None`` (the default) sizes them from the memory free when the engine is built (:func:`memory_budgets`).
+    ``host_tier`` turns the host tier on or off: by default on for a GPU (pinned memory) and off on a CPU, where
+    host memory is the device; ``True`` on a CPU keeps host copies of evicted prefixes (tests). ``max_batch``
+    bounds the configurations run together against one prefix. Decoding follows the model's generation config
+    (:class:`workers.decoding.GreedyDecoding`; a setting it cannot reproduce raises here).
     """
 
     def __init__(
@@ -175,21 +275,32 @@ class EvalEngine:
         processor: Any,
         *,
         handle: VARHandle | None = None,
-        cache_bytes: int = 8 << 30,
-        host_cache_bytes: int = 32 << 30,
+        cache_bytes: int | None = None,
+        host_cache_bytes: int | None = None,
+        host_tier: bool | None = None,
         max_batch: int = 16,
     ) -> None:
         self.model = model
         self.processor = processor
         self.family = family_of(model).name
+        self.decoding = GreedyDecoding.from_model(model)
         self.handle = handle if handle is not None else patch(model, VARConfig())
         self.device = next(model.parameters()).device
         self.text_config = model.config.get_text_config()
         self.max_batch = max_batch
         self._image_token_id = image_token_id(model)
-        self._eos = self._eos_ids()
+        self._eos = set(self.decoding.eos_ids)
         self._last_branches = residual_branches(model, len(self.handle.layers) - 1)
-        self._cache = _PrefixCache(self.device, cache_bytes, host_cache_bytes)
+        device_budget, host_budget = (
+            memory_budgets(self.device) if cache_bytes is None or host_cache_bytes is None else (0, 0)
+        )
+        host_tier = self.device.type == "cuda" if host_tier is None else host_tier
+        self._cache = _PrefixCache(
+            self.device,
+            device_budget if cache_bytes is None else cache_bytes,
+            (host_budget if host_cache_bytes is None else host_cache_bytes) if host_tier else 0,
+            pin=self.device.type == "cuda",
+        )
         self._heads: OrderedDict[tuple[int, ...], tuple[list[torch.Tensor], list[torch.Tensor], VARState]] = (
             OrderedDict()
         )
@@ -236,6 +347,19 @@ class EvalEngine:
         return results
 
     @torch.no_grad()
+    def option_logits(self, task: Task, example: Example, configs: Sequence[VARConfig | None]) -> torch.Tensor:
+        """``[len(configs), options]`` float32: each configuration's first-token logits of the example's options,
+        exactly as :meth:`evaluate` scores them (one suffix batch against the shared prefix)."""
+        if task.answer_mode != "options":
+            raise VarsweepError(f"task {task.name} answers by generation; it has no option logits")
+        configs = list(configs)
+        logits = self._run(
+            task, example, self._prepared(task, example), configs, [[ConfigResult(c)] for c in configs],
+            collect_stats=False,
+        )  # fmt: skip
+        return logits.float().cpu()
+
+    @torch.no_grad()
     def capture(self, task: Task, example: Example, config: VARConfig) -> dict[str, Any]:
         """The last prompt token's attention on the image, before and after VAR, in every layer VAR modifies.
 
@@ -254,14 +378,12 @@ class EvalEngine:
         if not layers:
             raise VarsweepError(f"VAR modified no layer of example {example.id} under {config}")
         image_positions = (inputs["input_ids"][0] == self._image_token_id).nonzero().flatten().cpu()
+        # the tokens that cover the whole image as one grid (a family fact: LLaVA-NeXT's base tile,
+        # InternVL's thumbnail tile, Qwen2-VL's merged patches)
+        layout = image_layout(self.model, inputs, len(image_positions))
+        image_positions = image_positions[layout.start : layout.start + layout.rows * layout.cols]
         order = sorted(layers)
-        if "image_grid_thw" in inputs:  # Qwen2-VL: patches merged merge x merge into one token
-            merge = int(self.model.config.vision_config.spatial_merge_size)
-            _, rows, cols = (int(v) for v in inputs["image_grid_thw"][0])
-            grid = (rows // merge, cols // merge)
-        else:
-            side = int(round(len(image_positions) ** 0.5))
-            grid = (side, len(image_positions) // max(side, 1))
+        grid = (layout.rows, layout.cols)
         cell = max(1, 448 // max(grid))
         shown = ImageOps.fit(example.image.load(), (grid[1] * cell, grid[0] * cell))
 
@@ -281,22 +403,12 @@ class EvalEngine:
         }
 
     # ------------------------------------------------------------------ internals
-    def _eos_ids(self) -> set[int]:
-        ids = set()
-        for source in (getattr(self.model, "generation_config", None), self.text_config):
-            eos = getattr(source, "eos_token_id", None)
-            ids.update([eos] if isinstance(eos, int) else list(eos or []))
-        tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        if tokenizer.eos_token_id is not None:
-            ids.add(tokenizer.eos_token_id)
-        return ids
-
     def _inputs(self, task: Task, example: Example) -> tuple[str, dict[str, torch.Tensor]]:
         prompt = task.build_prompt(example, self.processor, self.family)
         inputs = self.processor(images=example.image.load(), text=prompt, return_tensors="pt")
         dtype = next(self.model.parameters()).dtype
         return prompt, {
-            k: (v.to(self.device, dtype) if k == "pixel_values" else v.to(self.device)) for k, v in inputs.items()
+            k: (v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device)) for k, v in inputs.items()
         }
 
     def _prepared(self, task: Task, example: Example) -> Prepared:
@@ -321,16 +433,15 @@ class EvalEngine:
         if prefix_len >= prompt_len:
             raise VarsweepError(f"example {example.id}: no text after the image; VAR has nothing to act on")
         head_len = int(image[0])  # the text before the image: the same in every example of a prompt format
-        positions = torch.arange(prompt_len, device=ids.device)[None]
-        chunk = {"input_ids": ids[:, head_len:prefix_len], "pixel_values": inputs["pixel_values"]}
-        if "image_grid_thw" in inputs:  # Qwen2-VL: explicit M-RoPE positions, stateless across calls
-            positions, _ = self.model.model.get_rope_index(
-                ids, mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"]
-            )
-            chunk |= {
-                "image_grid_thw": inputs["image_grid_thw"],
-                "mm_token_type_ids": inputs["mm_token_type_ids"][:, head_len:prefix_len],
-            }
+        # explicit positions (M-RoPE for Qwen2-VL) keep the calls that continue this prefix stateless
+        positions = prompt_positions(self.model, inputs)
+        # the image's inputs go with the chunk as the processor gave them (pixel_values, LLaVA-NeXT's image_sizes,
+        # Qwen2-VL's image_grid_thw, ...); per-token ones (mm_token_type_ids) are cut to the chunk
+        chunk = {
+            key: value[:, head_len:prefix_len] if value.shape == ids.shape else value
+            for key, value in inputs.items()
+            if key != "attention_mask"
+        }
         chunk["position_ids"] = positions[..., head_len:prefix_len]
         cache = DynamicCache(config=self.text_config)
         state = self.handle.new_state(prompt_len=prompt_len)
@@ -351,7 +462,7 @@ class EvalEngine:
             example_id=example.id,
             prompt_len=prompt_len,
             prefix_len=prefix_len,
-            suffix_ids=ids[:, prefix_len:],
+            prompt_ids=ids,
             keys=keys,
             values=values,
             state=state,
@@ -390,8 +501,10 @@ class EvalEngine:
         targets: list[list[ConfigResult]],
         *,
         collect_stats: bool,
-    ) -> None:
-        """One suffix batch: a row per configuration (``None``: VAR off), its answers to each row's targets."""
+    ) -> torch.Tensor | None:
+        """One suffix batch: a row per configuration (``None``: VAR off), its answers to each row's targets.
+
+        Returns the option logits ``[rows, options]`` of an option task (None for generation)."""
         n = len(configs)
         # one row in: the configurations share the prompt, and the rows fan out at the first layer VAR may modify
         kwargs: dict[str, Any] = {
@@ -415,9 +528,9 @@ class EvalEngine:
                 out = self.model(**kwargs)
             logits = out.logits[:, -1]
             if task.answer_mode == "options":
-                self._choose(example, prep, logits, targets)
-            else:
-                self._decode(task, example, out, logits, kwargs, targets)
+                return self._choose(example, prep, logits, targets)
+            self._decode(task, example, prep, out, logits, kwargs, targets)
+            return None
         finally:
             if var_rows and collect_stats:
                 stats = self.handle.stats(reset=True)
@@ -432,18 +545,20 @@ class EvalEngine:
 
     def _choose(
         self, example: Example, prep: Prepared, logits: torch.Tensor, targets: list[list[ConfigResult]]
-    ) -> None:
+    ) -> torch.Tensor:
         option_logits = logits[:, list(prep.option_ids)]  # type: ignore[arg-type]
         chosen = option_logits.argmax(dim=-1).tolist()
         for index, results in zip(chosen, targets, strict=True):
             for result in results:
                 result.choices[example.id] = index
                 result.answers[example.id] = example.options[index]  # type: ignore[index]
+        return option_logits
 
     def _decode(
         self,
         task: Task,
         example: Example,
+        prep: Prepared,
         out: Any,
         logits: torch.Tensor,
         kwargs: dict[str, Any],
@@ -454,12 +569,14 @@ class EvalEngine:
         for layer in out.past_key_values.layers:  # layers below the fan-out ran one row for all
             if layer.keys.shape[0] != n:
                 layer.keys, layer.values = layer.keys.expand(n, -1, -1, -1), layer.values.expand(n, -1, -1, -1)
-        generated = torch.empty(n, 0, dtype=torch.long, device=logits.device)
+        # the whole sequence, prompt included, as generate() hands it to the logits processors
+        sequences = prep.prompt_ids.expand(n, -1)
+        processors = self.decoding.processors(prep.prompt_len, logits.device)
         done = torch.zeros(n, dtype=torch.bool, device=logits.device)
-        eos = torch.tensor(sorted(self._eos), device=logits.device)
+        eos = torch.tensor(self.decoding.eos_ids, dtype=torch.long, device=logits.device)
         for step in range(task.max_new_tokens):
-            token = logits.argmax(dim=-1)
-            generated = torch.cat([generated, token[:, None]], dim=1)
+            token = self.decoding.next_tokens(processors, sequences, logits)
+            sequences = torch.cat([sequences, token[:, None]], dim=1)
             done |= torch.isin(token, eos)
             if bool(done.all()) or step + 1 == task.max_new_tokens:
                 break
@@ -469,7 +586,7 @@ class EvalEngine:
             out = self.model(**kwargs)
             logits = out.logits[:, -1]
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        for ids, results in zip(generated.tolist(), targets, strict=True):
+        for ids, results in zip(sequences[:, prep.prompt_len :].tolist(), targets, strict=True):
             ids = ids[: next((i for i, t in enumerate(ids) if t in self._eos), len(ids))]
             answer = tokenizer.decode(ids, skip_special_tokens=True).strip()
             for result in results:

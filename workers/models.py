@@ -1,11 +1,23 @@
 """Model loading: hub ids and local folders through ``from_pretrained``, plus offline tiny presets.
 
-The presets ``tiny-llava`` and ``tiny-qwen2-vl`` are the real architectures (LlavaForConditionalGeneration with a
-CLIP tower and a 2-layer GELU projector; Qwen2VLForConditionalGeneration) with random weights from a fixed seed and
-a tokenizer and processor built locally, so they need no download. Their prompt formats match the real models'
-(the llava-hf chat template; Qwen2-VL's chat template). A random model has no massive activations, so the presets
-come with sinks planted (:func:`plant_sinks`) and near-tied answer tokens (:func:`near_tie_answers`): BOS / ``<|im_start|>``, newline and period tokens and a few image
-tokens get a massive value in :data:`TINY_SINK_DIMS`, recorded in ``config.text_config.sink_dims`` so that
+The presets are the real architectures with random weights from a fixed seed and a tokenizer and processor built
+locally, so they need no download; each processor carries the real checkpoint's chat template:
+
+* ``tiny-llava``: LlavaForConditionalGeneration (CLIP tower at feature layer -2, 2-layer GELU projector),
+  llava-hf/llava-1.5 prompt format;
+* ``tiny-llava-next``: LlavaNextForConditionalGeneration, anyres: a base tile plus crops chosen from
+  ``image_grid_pinpoints`` by the image's size (``image_sizes``), unpadded, an ``image_newline`` token per row;
+  llava-hf/llava-v1.6-vicuna prompt format;
+* ``tiny-qwen2-vl``: Qwen2VLForConditionalGeneration (M-RoPE), Qwen2-VL's chat template;
+* ``tiny-qwen2.5-vl``: Qwen2_5_VLForConditionalGeneration (window attention in the vision tower, full attention
+  in its last block, M-RoPE), Qwen2.5-VL's chat template;
+* ``tiny-internvl``: transformers' InternVLForConditionalGeneration (the HF-format InternVL3 checkpoints:
+  InternViT tower, pixel shuffle, Qwen2 text model), tiles of the image plus a thumbnail, ``<img>`` ...
+  ``</img>``; the -hf checkpoints' chat template.
+
+A random model has no massive activations, so the presets come with sinks planted (:func:`plant_sinks`) and
+near-tied answer tokens (:func:`near_tie_answers`): BOS / ``<|im_start|>``, newline and period tokens and a few
+image tokens get a massive value in :data:`TINY_SINK_DIMS`, recorded in ``config.text_config.sink_dims`` so that
 ``var_core.patch`` finds them. ``planted=False`` gives the bare random model.
 """
 
@@ -16,29 +28,40 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+import transformers
 from torch import nn
 from transformers import (
-    AutoImageProcessor,
     AutoModelForImageTextToText,
-    AutoProcessor,
-    AutoTokenizer,
     CLIPVisionConfig,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
-    LlavaProcessor,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
     PreTrainedTokenizerFast,
     ProcessorMixin,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2Config,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
-    Qwen2VLProcessor,
 )
+from transformers.utils import is_torchvision_available
 
-from var_core.errors import VarsweepError
+from var_core.errors import SinkDimsError, VarsweepError
 from var_core.families import backbone, decoder_layers, family_of, image_token_id
+from var_core.sink_dims import (
+    SinkDims,
+    SinkDimsDiscovery,
+    discover_sink_dims,
+    find_sink_dims,
+    record_sink_dims,
+)
 
 __all__ = [
     "PRESETS",
@@ -48,12 +71,20 @@ __all__ = [
     "TinyShape",
     "LLAVA_CPU_SHAPE",
     "LLAVA_15_7B_SHAPE",
+    "TINY_LLAVA_NEXT_SHAPE",
+    "TINY_INTERNVL_SHAPE",
     "load_model",
     "check_model",
     "plant_sinks",
     "near_tie_answers",
     "build_tiny_llava",
+    "build_tiny_llava_next",
     "build_tiny_qwen2_vl",
+    "build_tiny_qwen2_5_vl",
+    "build_tiny_internvl",
+    "image_only_processor",
+    "discover_model_sink_dims",
+    "model_sink_dims",
     "save_model",
 ]
 
@@ -75,7 +106,9 @@ class TinyShape:
     kv_heads: int = 4
     intermediate: int = 1536
     vocab: int = 0  # 0: the tokenizer's size; larger pads the embedding (LLaVA-1.5: 32064)
-    image_size: int = 112  # LLaVA: (112 / 14)^2 = 64 image tokens; Qwen2-VL: images resized to 224 px -> 64
+    # the vision tower's input: LLaVA (112 / 14)^2 = 64 image tokens; Qwen2-VL: images resized to 224 px -> 64;
+    # LLaVA-NeXT and InternVL: the tile size (TINY_LLAVA_NEXT_SHAPE, TINY_INTERNVL_SHAPE)
+    image_size: int = 112
     vision_hidden: int = 64
     vision_layers: int = 3
     vision_heads: int = 4
@@ -133,6 +166,16 @@ QWEN2_VL_CHAT_TEMPLATE = (
     "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# The HF-format InternVL checkpoints' chat template (OpenGVLab/InternVL3-*-hf): no default system turn, the image
+# placeholder <IMG_CONTEXT> on its own line before the text.
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}{% if message['content'] is string %}"
+    "{{ message['content'] }}{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' %}"
+    "{{ '<IMG_CONTEXT>\n' }}{% elif content['type'] == 'video' %}{{ '<video>\n' }}{% elif content['type'] == 'text' %}"
+    "{{ content['text'] }}{% endif %}{% endfor %}{% endif %}{{ '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
 # Text the tiny tokenizers are trained on: the prompt wording of the supported tasks, so prompts tokenise into
 # words (as with real tokenizers) and every answer option starts with a token of its own.
 _CORPUS = [
@@ -186,39 +229,58 @@ def _llava_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def _qwen_tokenizer() -> PreTrainedTokenizerFast:
-    specials = [
-        "<|endoftext|>",
-        "<|im_start|>",
-        "<|im_end|>",
-        "<|vision_start|>",
-        "<|vision_end|>",
-        "<|image_pad|>",
-        "<|video_pad|>",
-    ]
+def _chat_tokenizer(named: dict[str, str], template: str) -> PreTrainedTokenizerFast:
+    """A ChatML tokenizer (Qwen2 vocabulary's specials) with the model's named special tokens."""
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *dict.fromkeys(named.values())]
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=_train_tokenizer(specials),
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        extra_special_tokens={
-            "image_token": "<|image_pad|>",
-            "video_token": "<|video_pad|>",
-            "vision_bos_token": "<|vision_start|>",
-            "vision_eos_token": "<|vision_end|>",
-        },
+        extra_special_tokens=named,
     )
     tokenizer.padding_side = "left"
-    tokenizer.chat_template = QWEN2_VL_CHAT_TEMPLATE
+    tokenizer.chat_template = template
     return tokenizer
 
 
-class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
-    """Qwen2VLProcessor without a video processor, which needs torchvision (absent beside the CPU torch)."""
+def _qwen_tokenizer() -> PreTrainedTokenizerFast:
+    named = {
+        "vision_bos_token": "<|vision_start|>",
+        "vision_eos_token": "<|vision_end|>",
+        "image_token": "<|image_pad|>",
+        "video_token": "<|video_pad|>",
+    }
+    return _chat_tokenizer(named, QWEN2_VL_CHAT_TEMPLATE)
 
-    def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
-        if argument is None and "video" in argument_name:
-            return None
-        return super().check_argument_for_proper_class(argument_name, argument)
+
+def _internvl_tokenizer() -> PreTrainedTokenizerFast:
+    # the names InternVLProcessor reads (tokenizer.start_image_token, .context_image_token, ...)
+    named = {
+        "start_image_token": "<img>",
+        "end_image_token": "</img>",
+        "context_image_token": "<IMG_CONTEXT>",
+        "video_token": "<video>",
+    }
+    return _chat_tokenizer(named, INTERNVL_CHAT_TEMPLATE)
+
+
+@functools.cache
+def image_only_processor(cls: type[ProcessorMixin]) -> type[ProcessorMixin]:
+    """``cls`` without its video processor, which needs torchvision (absent beside the CPU torch); images need
+    none. Same class name, so a saved folder names ``cls`` and loads as ``cls`` where torchvision is installed;
+    ``save_pretrained`` and ``from_pretrained`` work without it."""
+
+    def get_attributes(klass: type[ProcessorMixin]) -> list[str]:
+        return [name for name in cls.get_attributes() if "video" not in name]
+
+    return type(cls.__name__, (cls,), {"get_attributes": classmethod(get_attributes), "__module__": __name__})
+
+
+def _processor_class(model: nn.Module) -> type[ProcessorMixin]:
+    """The family's processor class, image-only when its video processor cannot be built here."""
+    cls = getattr(transformers, family_of(model).processor)
+    needs_video = any("video" in name for name in cls.get_attributes())
+    return image_only_processor(cls) if needs_video and not is_torchvision_available() else cls
 
 
 def _text_kwargs(shape: TinyShape, tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
@@ -236,6 +298,26 @@ def _text_kwargs(shape: TinyShape, tokenizer: PreTrainedTokenizerFast) -> dict[s
     }
 
 
+def _clip_config(shape: TinyShape) -> CLIPVisionConfig:
+    return CLIPVisionConfig(
+        hidden_size=shape.vision_hidden,
+        intermediate_size=shape.vision_intermediate,
+        num_hidden_layers=shape.vision_layers,
+        num_attention_heads=shape.vision_heads,
+        image_size=shape.image_size,
+        patch_size=14,
+        projection_dim=shape.vision_hidden,
+    )
+
+
+def _clip_image_processor(shape: TinyShape, cls_name: str = "CLIPImageProcessor", **kwargs: Any) -> Any:
+    return getattr(transformers, cls_name)(
+        size={"shortest_edge": shape.image_size},
+        crop_size={"height": shape.image_size, "width": shape.image_size},
+        **kwargs,
+    )
+
+
 def build_tiny_llava(
     shape: TinyShape = TinyShape(),
     *,
@@ -247,33 +329,19 @@ def build_tiny_llava(
 
     Weights are initialised directly on ``device`` in ``dtype`` (a 7B-shaped model builds in seconds on a GPU).
     """
-    from transformers import CLIPImageProcessor
-
     tokenizer = _llava_tokenizer()
-    patches = (shape.image_size // 14) ** 2
     config = LlavaConfig(
         text_config=LlamaConfig(**_text_kwargs(shape, tokenizer)),
-        vision_config=CLIPVisionConfig(
-            hidden_size=shape.vision_hidden,
-            intermediate_size=shape.vision_intermediate,
-            num_hidden_layers=shape.vision_layers,
-            num_attention_heads=shape.vision_heads,
-            image_size=shape.image_size,
-            patch_size=14,
-            projection_dim=shape.vision_hidden,
-        ),
+        vision_config=_clip_config(shape),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
-        image_seq_length=patches,
+        image_seq_length=(shape.image_size // 14) ** 2,
     )
     model = _construct(LlavaForConditionalGeneration, config, seed=seed, device=device, dtype=dtype)
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": shape.image_size}, crop_size={"height": shape.image_size, "width": shape.image_size}
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
+    processor = transformers.LlavaProcessor(
+        image_processor=_clip_image_processor(shape),
         tokenizer=tokenizer,
         patch_size=14,
         vision_feature_select_strategy="default",
@@ -283,44 +351,217 @@ def build_tiny_llava(
     return model, processor
 
 
-def build_tiny_qwen2_vl(shape: TinyShape = TinyShape(), *, seed: int = _SEED) -> tuple[nn.Module, ProcessorMixin]:
-    """Qwen2-VL architecture (Qwen2 text model with M-RoPE, Qwen2-VL vision tower and merger), random."""
+# LLaVA-NeXT's base tile is half of TinyShape's image: a 112 px image takes a 2 x 2 grid of crops
+TINY_LLAVA_NEXT_SHAPE = TinyShape(image_size=56)
+
+
+def build_tiny_llava_next(
+    shape: TinyShape = TINY_LLAVA_NEXT_SHAPE,
+    *,
+    seed: int = _SEED,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[nn.Module, ProcessorMixin]:
+    """LLaVA-NeXT (1.6) architecture, random: LLaVA-1.5's parts plus anyres.
+
+    The image is resized to the best of ``image_grid_pinpoints`` (1 x 2 to 3 x 1 tiles of the tower's size) for
+    its size (``image_sizes``), cut into crops, and each crop's features are unpadded to the image's aspect ratio,
+    with an ``image_newline`` token after each feature row; a base tile of the whole image comes first.
+    A 112 px square image gives 16 base + 64 crop + 8 newline = 88 image tokens.
+    """
+    tokenizer = _llava_tokenizer()
+    side = shape.image_size
+    pinpoints = [[side, 2 * side], [2 * side, side], [2 * side, 2 * side], [3 * side, side], [side, 3 * side]]
+    config = LlavaNextConfig(
+        text_config=LlamaConfig(**_text_kwargs(shape, tokenizer)),
+        vision_config=_clip_config(shape),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        image_grid_pinpoints=pinpoints,
+    )
+    model = _construct(LlavaNextForConditionalGeneration, config, seed=seed, device=device, dtype=dtype)
+    processor = transformers.LlavaNextProcessor(
+        image_processor=_clip_image_processor(shape, "LlavaNextImageProcessor", image_grid_pinpoints=pinpoints),
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,  # llava-hf/llava-v1.6-vicuna-*: the same vicuna_v1 format
+    )
+    return model, processor
+
+
+def _qwen_text_config(shape: TinyShape, tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
+    head_dim = shape.hidden // shape.heads
+    section = [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]  # sums to head_dim / 2, as Qwen2-VL's
+    rope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": section}
+    return {**_text_kwargs(shape, tokenizer), "rope_parameters": rope}
+
+
+def _build_qwen_vl(
+    config_cls: type,
+    model_cls: type,
+    processor_cls: type[ProcessorMixin],
+    vision_config: dict[str, Any],
+    shape: TinyShape,
+    *,
+    seed: int,
+    device: str | torch.device,
+    dtype: torch.dtype,
+) -> tuple[nn.Module, ProcessorMixin]:
+    """A Qwen2-VL-style model (Qwen2 text model with M-RoPE, 2 x 2 patch merger) and its processor."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     tokenizer = _qwen_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens}
-    head_dim = shape.hidden // shape.heads
-    section = [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]  # sums to head_dim / 2, as Qwen2-VL's
-    config = Qwen2VLConfig(
-        text_config={
-            **_text_kwargs(shape, tokenizer),
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": section},
-        },
-        vision_config={
-            "depth": shape.vision_layers,
-            "embed_dim": shape.vision_hidden,
-            "hidden_size": shape.hidden,
-            "num_heads": shape.vision_heads,
-            "mlp_ratio": 2,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-        },
+    config = config_cls(
+        text_config=_qwen_text_config(shape, tokenizer),
+        vision_config=vision_config,
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
-    model = _construct(Qwen2VLForConditionalGeneration, config, seed=seed, device="cpu", dtype=torch.float32)
-    pixels = (2 * shape.image_size) ** 2
+    model = _construct(model_cls, config, seed=seed, device=device, dtype=dtype)
+    pixels = (2 * shape.image_size) ** 2  # every image resized to 2 x image_size square: 8 x 8 tokens at 112
     image_processor = Qwen2VLImageProcessorPil(
         size={"shortest_edge": pixels, "longest_edge": pixels}, patch_size=14, temporal_patch_size=2, merge_size=2
     )
-    processor = Qwen2VLImageOnlyProcessor(
+    processor = image_only_processor(processor_cls)(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=None,
-        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,  # Qwen2.5-VL-*-Instruct ships the same template
+    )
+    return model, processor
+
+
+def build_tiny_qwen2_vl(
+    shape: TinyShape = TinyShape(),
+    *,
+    seed: int = _SEED,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[nn.Module, ProcessorMixin]:
+    """Qwen2-VL architecture (Qwen2 text model with M-RoPE, Qwen2-VL vision tower and merger), random."""
+    vision = {
+        "depth": shape.vision_layers,
+        "embed_dim": shape.vision_hidden,
+        "hidden_size": shape.hidden,
+        "num_heads": shape.vision_heads,
+        "mlp_ratio": 2,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
+    return _build_qwen_vl(
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        transformers.Qwen2VLProcessor,
+        vision,
+        shape,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+    )
+
+
+def build_tiny_qwen2_5_vl(
+    shape: TinyShape = TinyShape(),
+    *,
+    seed: int = _SEED,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[nn.Module, ProcessorMixin]:
+    """Qwen2.5-VL architecture, random: Qwen2-VL's text model and merger, a vision tower with window attention.
+
+    Windows of 56 px (2 x 2 merged tokens) in every vision block but the last, which attends over the whole
+    image, as Qwen2.5-VL's ``fullatt_block_indexes``; an image of 8 x 8 tokens spans 16 windows. The generation
+    config carries what Qwen2.5-VL-*-Instruct's changes greedy decoding with: ``repetition_penalty`` 1.05 and
+    two end tokens (``<|im_end|>``, ``<|endoftext|>``); its sampling settings are left out.
+    """
+    vision = {
+        "depth": shape.vision_layers,
+        "hidden_size": shape.vision_hidden,
+        "out_hidden_size": shape.hidden,
+        "intermediate_size": shape.vision_intermediate,
+        "num_heads": shape.vision_heads,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 56,
+        "fullatt_block_indexes": [shape.vision_layers - 1],
+    }
+    model, processor = _build_qwen_vl(
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        transformers.Qwen2_5_VLProcessor,
+        vision,
+        shape,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+    )
+    tokenizer = processor.tokenizer
+    model.generation_config.repetition_penalty = 1.05
+    model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    return model, processor
+
+
+# InternVL's tile is half of TinyShape's image, in 7 px patches: 8 x 8 patches, 4 x 4 tokens after the pixel
+# shuffle; a 112 px square image gives 2 x 2 crops and a thumbnail, 80 image tokens
+TINY_INTERNVL_SHAPE = TinyShape(image_size=56)
+
+
+def build_tiny_internvl(
+    shape: TinyShape = TINY_INTERNVL_SHAPE,
+    *,
+    seed: int = _SEED,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[nn.Module, ProcessorMixin]:
+    """InternVL architecture (transformers' InternVLForConditionalGeneration, the HF-format InternVL3), random.
+
+    InternViT-style tower (CLS token, layer scale), pixel shuffle (downsample ratio 0.5), LayerNorm-MLP projector,
+    Qwen2 text model. The image processor crops the image into up to 4 tiles by its aspect ratio and adds a
+    thumbnail tile; the processor writes ``<img>`` + ``<IMG_CONTEXT>`` x tokens + ``</img>``.
+    """
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    tokenizer = _internvl_tokenizer()
+    patch = 7
+    tokens_per_tile = (shape.image_size // patch // 2) ** 2
+    config = InternVLConfig(
+        text_config=Qwen2Config(**_text_kwargs(shape, tokenizer)),
+        vision_config={
+            "hidden_size": shape.vision_hidden,
+            "intermediate_size": shape.vision_intermediate,
+            "num_hidden_layers": shape.vision_layers,
+            "num_attention_heads": shape.vision_heads,
+            "image_size": shape.image_size,
+            "patch_size": patch,
+        },
+        image_token_id=tokenizer.context_image_token_id,
+        image_seq_length=tokens_per_tile,
+        downsample_ratio=0.5,
+    )
+    model = _construct(InternVLForConditionalGeneration, config, seed=seed, device=device, dtype=dtype)
+    image_processor = GotOcr2ImageProcessorPil(
+        size={"height": shape.image_size, "width": shape.image_size},
+        crop_to_patches=True,
+        min_patches=1,
+        max_patches=4,
+        image_mean=[0.485, 0.456, 0.406],  # ImageNet statistics, as the -hf checkpoints
+        image_std=[0.229, 0.224, 0.225],
+    )
+    processor = image_only_processor(transformers.InternVLProcessor)(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=None,
+        image_seq_length=tokens_per_tile,
+        chat_template=INTERNVL_CHAT_TEMPLATE,
     )
     return model, processor
 
@@ -416,7 +657,7 @@ def plant_sinks(
     weights: Sequence[float] | None = None,
     magnitude: float = 30.0,
     text_tokens: Sequence[str] | None = None,
-    image_positions: Sequence[int] = (5, 27, 44),
+    image_positions: Sequence[int] = (5, 27, 44, 70),  # 70: in the whole-image tile of InternVL (80 tokens)
     attention_gain: float = 8.0,
 ) -> PlantedSinks:
     """Plant massive activations in ``dims`` on BOS-like, newline and period tokens and a few image tokens.
@@ -424,7 +665,7 @@ def plant_sinks(
     The first dim gets the full ``magnitude``, the others a third of it, so phi approaches ~0.95 sqrt(D) on the
     sinks (real LLaVA-1.5-7B: phi ~ 50 against ~ 5 elsewhere). ``attention_gain`` scales the key weights of those
     dims in every layer so that the sinks draw attention, as real sinks do. Records ``dims`` as
-    ``config.text_config.sink_dims`` so that :func:`var_core.patch` uses them.
+    ``config.text_config.sink_dims`` (var_core.record_sink_dims) so that :func:`var_core.patch` uses them.
     """
     tokenizer = processor.tokenizer
     if text_tokens is None:
@@ -443,7 +684,7 @@ def plant_sinks(
         image_positions=image_positions,
         attention_gain=attention_gain,
     )
-    model.config.get_text_config().sink_dims = list(dims)
+    record_sink_dims(model, dims, "planted (workers.models.plant_sinks)")
     return planted
 
 
@@ -495,10 +736,15 @@ def near_tie_answers(
 
 PRESETS = {
     "tiny-llava": build_tiny_llava,
+    "tiny-llava-next": build_tiny_llava_next,
     "tiny-qwen2-vl": build_tiny_qwen2_vl,
+    "tiny-qwen2.5-vl": build_tiny_qwen2_5_vl,
+    "tiny-internvl": build_tiny_internvl,
     # the benchmarks' model, for sweeps measured end to end (benchmarks/sweep_service.py): LLAVA_CPU_SHAPE
     "llava-cpu-bench": functools.partial(build_tiny_llava, LLAVA_CPU_SHAPE),
 }
+
+SinkDimsChoice = Sequence[int] | Literal["discover"] | None
 
 
 def load_model(
@@ -507,12 +753,18 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     planted: bool = True,
+    sink_dims: SinkDimsChoice = None,
 ) -> tuple[nn.Module, ProcessorMixin]:
     """Load ``(model, processor)``: a preset, a local folder or a hub id, in eval mode with SDPA attention.
 
     ``device`` defaults to cuda when available. Presets come with planted sinks and near-tied answer tokens
-    (:func:`plant_sinks`, :func:`near_tie_answers`) unless ``planted=False``.
+    (:func:`plant_sinks`, :func:`near_tie_answers`) unless ``planted=False``. ``sink_dims`` overrides how
+    ``var_core.patch`` finds the sink dimensions: a sequence of dims (recorded as "given"), or ``"discover"``
+    (:func:`discover_model_sink_dims`, recorded with the method). :func:`model_sink_dims` then says which dims
+    the model uses and how they were found.
     """
+    if isinstance(sink_dims, str) and sink_dims != "discover":
+        raise SinkDimsError(f"sink_dims={sink_dims!r}: give dimensions (ints) or 'discover'")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if name in PRESETS:
         model, processor = PRESETS[name]()
@@ -525,7 +777,56 @@ def load_model(
     family_of(model)  # fail early, with the list of supported types
     if dtype is not None:
         model = model.to(dtype)
-    return model.to(device).eval(), processor
+    model = model.to(device).eval()
+    if sink_dims == "discover":
+        found = discover_model_sink_dims(model, processor)
+        record_sink_dims(model, found.dims, f"discovered: {found.method}")
+    elif sink_dims is not None:
+        record_sink_dims(model, sink_dims, "given")
+    return model, processor
+
+
+def model_sink_dims(model: nn.Module) -> SinkDims:
+    """The sink dims ``var_core.patch`` will use for ``model`` and how they were found (``.source``, one line).
+
+    Warns like :func:`var_core.find_sink_dims` when they are only assumed from the text model's shape.
+    """
+    return find_sink_dims(model)
+
+
+_DISCOVERY_QUESTIONS = ("What is shown in this image?", "Is there a dog in the image?", "What color is the large circle?")
+
+
+@torch.no_grad()
+def discover_model_sink_dims(
+    model: nn.Module, processor: ProcessorMixin, *, first_layer: int = 2, min_score: float = 6.0
+) -> SinkDimsDiscovery:
+    """Find the model's sink dimensions (:func:`var_core.discover_sink_dims`) from a few synthetic prompts.
+
+    Three questions in the family's benchmark prompt format, each with a different image (a flat colour, noise,
+    and shapes), so the dims found do not depend on one input. Raises ``SinkDimsError`` when no dimension
+    is massive enough (the model may have no massive activations).
+    """
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from workers.tasks import render_prompt
+
+    rng = np.random.default_rng(0)
+    shapes = Image.new("RGB", (224, 224), "white")
+    ImageDraw.Draw(shapes).ellipse((40, 40, 160, 160), fill="red", outline="black")
+    images = [
+        Image.new("RGB", (224, 224), (128, 128, 128)),
+        Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)),
+        shapes,
+    ]
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    batches = []
+    for question, image in zip(_DISCOVERY_QUESTIONS, images, strict=True):
+        prompt = render_prompt(question, processor=processor, family=family_of(model).name)
+        inputs = processor(images=image, text=prompt, return_tensors="pt")
+        batches.append({k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in inputs.items()})
+    return discover_sink_dims(model, batches, first_layer=first_layer, min_score=min_score)
 
 
 def check_model(name: str) -> str:
@@ -566,21 +867,14 @@ def _from_pretrained(name: str, *, dtype: torch.dtype | None) -> tuple[nn.Module
         model = AutoModelForImageTextToText.from_pretrained(
             source, dtype=dtype or "auto", attn_implementation="sdpa"
         )
-        processor = AutoProcessor.from_pretrained(source)
+        family_of(model)  # the processor class comes from the family table
+        processor = _processor_class(model).from_pretrained(source)
     except (OSError, ValueError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(
             f"cannot load model {name!r} (not a preset: {', '.join(PRESETS)}; not a local folder with a "
             f"config.json; hub: {first_line})"
         ) from e
-    if not isinstance(processor, ProcessorMixin):
-        # Without torchvision, Qwen2-VL's processor cannot be rebuilt by AutoProcessor: assemble it by hand.
-        processor = Qwen2VLImageOnlyProcessor(
-            image_processor=AutoImageProcessor.from_pretrained(source),
-            tokenizer=AutoTokenizer.from_pretrained(source),
-            video_processor=None,
-            chat_template=getattr(processor, "chat_template", None),
-        )
     return model, processor
 
 
@@ -593,9 +887,5 @@ def save_model(model: nn.Module, processor: ProcessorMixin, folder: str | Path) 
     """Save a model and its processor so that :func:`load_model` (``from_pretrained``) reads them back."""
     folder = Path(folder)
     model.save_pretrained(folder)
-    if isinstance(processor, Qwen2VLImageOnlyProcessor):
-        processor.image_processor.save_pretrained(folder)
-        processor.tokenizer.save_pretrained(folder)
-    else:
-        processor.save_pretrained(folder)
+    processor.save_pretrained(folder)
     return folder

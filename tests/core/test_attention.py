@@ -7,7 +7,7 @@ import torch
 from transformers.integrations.sdpa_attention import repeat_kv
 
 from var_core import VARConfig
-from var_core.attention import attention_probs, shared_prefix_attention
+from var_core.attention import attention_probs, masked_logits, shared_prefix_attention
 from var_core.ops import redistribute_rows, row_params
 
 
@@ -114,3 +114,77 @@ def test_float32_close_to_float64():
     out, _ = shared(*single, *inputs[5:])
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.double(), exact, rtol=1e-5, atol=1e-5)
+
+
+def receivers_case(shift: float, *, seed: int = 0):
+    """Float32 inputs whose receivers (image keys that are not sinks) sit ``shift`` logits below the rest, with
+    six rows of rho from 0 to 1: S / V runs from 1 down to ~1e-10 as the shift grows."""
+    generator = torch.Generator().manual_seed(seed)
+    batch, heads, kv_heads, n_query, prefix_len, own_len, dim = 6, 4, 2, 3, 40, 5, 16
+    configs = [VARConfig(tau=1.0, rho=r, p=p, summ=0.0) for r, p in
+               [(0.0, 0.4), (0.0, 1.0), (1e-10, 0.9), (0.25, 0.6), (0.5, 0.4), (1.0, 0.7)]]  # fmt: skip
+
+    def rand(*shape, scale=1.0):
+        return torch.randn(*shape, generator=generator) * scale
+
+    query = rand(batch, heads, n_query, dim, scale=0.3)
+    query[..., 0] = dim**0.5  # with scaling dim**-0.5, the logit of key j gains key[j, 0]
+    prefix_key, key = rand(1, kv_heads, prefix_len, dim, scale=0.3), rand(1, kv_heads, own_len, dim, scale=0.3)
+    prefix_value, value = rand(1, kv_heads, prefix_len, dim), rand(1, kv_heads, own_len, dim)
+    visual = torch.zeros(prefix_len, dtype=torch.bool)
+    visual[6:36] = True
+    sinks = torch.zeros(batch, prefix_len + own_len, dtype=torch.bool)
+    sinks[:, [0, 8, 17, 30]] = True  # BOS and three visual sinks, in every row
+    sinks[::2, prefix_len + 1] = True  # a text sink after the prefix, in some rows
+    receivers = visual & ~sinks[0, :prefix_len]
+    prefix_key[0, :, receivers, 0] = -shift
+    prefix_key[0, :, sinks[0, :prefix_len], 0] = 4.0
+    rows = torch.ones(batch, n_query, dtype=torch.bool)
+    return query, prefix_key, prefix_value, key, value, None, visual, sinks, rows, row_params(configs, batch=batch)
+
+
+@pytest.mark.parametrize("shift", [-6.0, -2.0, 2.0, 6.0, 10.0, 14.0, 17.0, 19.0])
+def test_float32_accurate_when_receivers_hold_almost_no_visual_mass(shift):
+    """Float32 against a float64 reference over S / V from 1 to ~1e-10 and rho from 0 to 1: within 1e-5.
+
+    The error is relative to each output vector's norm. Subtracting the sinks' mass from V (the former
+    formulation) lost 0.8 of S at S / V ~ 3e-10, and the output with it (g = Omega / S multiplies the loss).
+    """
+    inputs = receivers_case(shift)
+    exact, reference_result = reference(*[t.double() if t.is_floating_point() else t for t in inputs[:5]], *inputs[5:])
+    out, masses = shared(*inputs)
+    assert out.dtype == torch.float32
+    ratio = reference_result.receiver_mass / reference_result.visual_mass
+    assert 1e-11 < float(ratio.min()) and float(ratio.max()) <= 1.0
+    torch.testing.assert_close(masses.receiver_mass.double(), reference_result.receiver_mass, rtol=1e-5, atol=0)
+    error = (out.double() - exact).norm(dim=-1) / exact.norm(dim=-1)
+    assert float(error.max()) < 1e-5, (float(ratio.min()), float(error.max()))
+    assert torch.equal(masses.changed, reference_result.changed)
+    assert masses.changed.any() and float(masses.moved_mass.max()) > 0  # VAR acted, also at the smallest S / V
+
+
+def test_receivers_case_spans_s_over_v_from_1e_minus_9_to_1():
+    """The shifts above cover the range the accuracy test claims (so a narrower case cannot slip in)."""
+    ratios = []
+    for shift in (-6.0, 19.0):
+        inputs = receivers_case(shift)
+        _, result = reference(*[t.double() if t.is_floating_point() else t for t in inputs[:5]], *inputs[5:])
+        ratios.append(result.receiver_mass / result.visual_mass)
+    assert float(ratios[0].max()) > 0.5 and float(ratios[1].min()) < 1e-9
+
+
+def test_bfloat16_logits_are_computed_in_float32():
+    """bf16 queries and keys with sink-sized logits (~26): the probabilities equal float64 math on the same bf16
+    values to float32 rounding; a bf16 product of q and k is off by up to several percent there."""
+    generator = torch.Generator().manual_seed(0)
+    query = (torch.randn(1, 4, 6, 64, generator=generator) * 1.2).bfloat16()
+    key = (torch.randn(1, 2, 40, 64, generator=generator) * 1.2).bfloat16()
+    key[:, :, 0] = query[0, 0, 0] * 2.5  # a sink-like key: logits ~26 against it
+    probs = attention_probs(query, key, None, scaling=None)
+    exact = attention_probs(query.double(), key.double(), None, scaling=None)
+    assert probs.dtype == torch.float32 and float(exact.max()) > 0.9
+    torch.testing.assert_close(probs.double(), exact, atol=1e-6, rtol=1e-5)
+    bf16_product = torch.softmax(
+        masked_logits((query * 64**-0.5) @ repeat_kv(key, 2).transpose(2, 3), None).float(), dim=-1
+    )
+    assert float((bf16_product.double() - exact).abs().max()) > 1e-3  # what the float32 product avoids

@@ -3,7 +3,7 @@
 A :class:`Task` holds its examples, a function that writes the task's text for one example, a pure scorer over
 all examples, and (option tasks) the parser that maps a raw answer to one of the example's options. The prompt
 wrapper per model family lives here, so every task shares it (LLaVA:llava/conversation.py ``conv_vicuna_v1``;
-Qwen2-VL: the processor's own chat template).
+Qwen2-VL and InternVL: the processor's own chat template).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ __all__ = [
     "TASK_GROUPS",
 ]
 
-FAMILIES: tuple[str, ...] = ("llava", "qwen2_vl")
+FAMILIES: tuple[str, ...] = ("llava", "qwen2_vl", "internvl")
 TASK_GROUPS: tuple[str, ...] = ("general", "hallucination", "vision-centric")
 DIRECTIONS: tuple[str, ...] = ("maximize", "minimize")
 ANSWER_MODES: tuple[str, ...] = ("options", "generate")
@@ -266,8 +266,8 @@ def render_prompt(text: str, *, processor: Any, family: str) -> str:
     * ``"llava"`` (LLaVA-1.5 / LLaVA-NeXT): vicuna_v1, ``"{system} USER: {image}\\n{text} ASSISTANT:"`` with
       the processor's ``image_token`` (``"<image>"`` when it has none) (LLaVA:llava/conversation.py,
       model_vqa_loader.py).
-    * ``"qwen2_vl"`` (Qwen2-VL / Qwen2.5-VL): the processor's chat template over one user turn holding an
-      image and the text, with the generation prompt.
+    * ``"qwen2_vl"`` (Qwen2-VL / Qwen2.5-VL) and ``"internvl"`` (the HF-format InternVL checkpoints): the
+      processor's chat template over one user turn holding an image and the text, with the generation prompt.
 
     Raises:
         UnsupportedModelError: ``family`` is not one of :data:`FAMILIES`.
@@ -275,7 +275,7 @@ def render_prompt(text: str, *, processor: Any, family: str) -> str:
     if family == "llava":
         image_token = getattr(processor, "image_token", None) or "<image>"
         return f"{LLAVA_SYSTEM} USER: {image_token}\n{text} ASSISTANT:"
-    if family == "qwen2_vl":
+    if family in ("qwen2_vl", "internvl"):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
         return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     raise UnsupportedModelError(f"no prompt format for model family {family!r}; known: {', '.join(FAMILIES)}")
