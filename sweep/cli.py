@@ -44,6 +44,16 @@ class _Parser(argparse.ArgumentParser):
         raise CLIUsageError(f"{message} (see {self.prog} --help)")
 
 
+def _dims(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of dimensions") from None
+    if not dims or min(dims) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give non-negative dimensions, e.g. 1415,2533")
+    return dims
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -81,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=True,
                      help="a new study first tries the stored best settings of this model on other tasks and of "
                           "this task on other models (default on)")  # fmt: skip
+    run.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                     help="cuda: one GPU per worker, waiting up to VARSWEEP_PLACEMENT_TIMEOUT for a cluster that "
+                          "scales; cpu; auto: cuda when the cluster has GPUs now (default auto)")  # fmt: skip
+    dims = run.add_mutually_exclusive_group()
+    dims.add_argument("--sink-dims", type=_dims, metavar="D1,D2",
+                      help="the model's sink dimensions (default: the base LLM's, from var_core's table)")  # fmt: skip
+    dims.add_argument("--discover-sink-dims", action="store_true",
+                      help="find the sink dimensions from the model's activations on a few prompts")  # fmt: skip
     run.add_argument("--worker-cpus", type=_positive_int, default=None,
                      help="CPUs (torch threads) of each CPU worker (default: a local Ray's cores / workers; "
                           "1 on a cluster)")  # fmt: skip
@@ -160,7 +178,7 @@ def _pair(values: list[float] | None) -> tuple[float, float] | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from sweep.service import SweepRequest, run_sweep
+    from sweep.service import NothingToRun, SweepRequest, run_sweep
     from sweep.settings import Settings
 
     if not args.task:
@@ -172,10 +190,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         metric=args.metric, convention=args.convention, search_summ=args.search_summ,
         tau_range=_pair(args.tau_range), rho_range=_pair(args.rho_range), p_range=_pair(args.p_range),
         batch=args.batch, worker_cpus=args.worker_cpus, early_stop=args.early_stop, warm_start=args.warm_start,
+        device=args.device, sink_dims=args.sink_dims, discover_sink_dims=args.discover_sink_dims,
     )  # fmt: skip
     outcome = run_sweep(request, settings)
-    p = outcome.best_params
     print()
+    if isinstance(outcome, NothingToRun):
+        print(f"study {outcome.study}: all {outcome.trials_total} trials are done; nothing was run "
+              f"(raise --trials to extend it)")  # fmt: skip
+        if outcome.best is not None:
+            r = outcome.best
+            print(f"stored best: tau {r.tau:.2f}  rho {r.rho:.3f}  p {r.p:.3f}  summ {r.summ:.2f}; {r.metric} "
+                  f"held-out {r.heldout_value:.4f} vs VAR off {r.baseline_heldout:.4f}: python sweep/main.py best")  # fmt: skip
+        return 0
+    p = outcome.best_params
     print(f"study {outcome.study}: {outcome.trials_total} trials ({outcome.trials_run} run now)")
     print(f"best ({outcome.best_role}): tau {p['tau']:.2f}  rho {p['rho']:.3f}  p {p['p']:.3f}  summ {p['summ']:.2f}"
           f"  [{args.convention} convention]")  # fmt: skip
@@ -185,10 +212,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"VAR vs off on held-out: {outcome.comparison.describe()}")
     print("best settings " + ("stored" if outcome.stored else "not stored (the stored ones are at least as good)")
           + ": python sweep/main.py best")  # fmt: skip
-    uri = settings.mlflow_tracking_uri
-    if uri.startswith(("http://", "https://")):
-        print(f"MLflow UI: {uri} (run {outcome.mlflow_run_id})")
+    if outcome.mlflow_url:
+        print(f"MLflow: {outcome.mlflow_url}")
     else:
+        uri = settings.mlflow_tracking_uri
         print(f"MLflow UI: mlflow ui --backend-store-uri {uri}  then open http://127.0.0.1:5000 (run {outcome.mlflow_run_id})")
     if outcome.unlogged_runs:
         print(f"warning: {outcome.unlogged_runs} trial run(s) not logged to MLflow (kept in .varsweep/)")
@@ -204,9 +231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         _setup_logging()
         return cmd_run(args)
-    except KeyboardInterrupt:
-        print("interrupted: the study is consistent; run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # sweep.signals.Interrupted (SIGINT, SIGTERM) or a Ctrl-C outside a sweep
+        name, code = getattr(e, "name", "SIGINT"), getattr(e, "exit_code", 130)
+        print(f"interrupted ({name}): the study is consistent; run the same command again to resume", file=sys.stderr)
+        return code
     except CLIUsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@
 Two drivers that start together must not both create the schema of a new database (the store's, Optuna's, a
 SQLite MLflow's), both queue a new study's starting points, or both ask for the study's last trial. PostgreSQL:
 a session advisory lock, held on a connection of its own. SQLite: an exclusive ``flock`` on a file beside the
-database (drivers on one machine: SQLite hosts one driver per study, see sweep.service). Other URLs (an MLflow
+database (drivers on one machine: SQLite hosts one driver per study, see sweep.records). Other URLs (an MLflow
 server) need no lock: the server orders its own writes.
 """
 

@@ -9,6 +9,10 @@
 | ``VARSWEEP_MLFLOW_TIMEOUT`` | ``5`` | seconds per MLflow HTTP request before the sweep spools and goes on |
 | ``VARSWEEP_CONNECT_TIMEOUT`` | ``15`` | seconds to reach the database at start before giving up |
 | ``VARSWEEP_OUTAGE_TIMEOUT`` | ``600`` | seconds a running sweep waits for its database to come back |
+| ``VARSWEEP_PLACEMENT_TIMEOUT`` | ``600`` | seconds the workers may wait for resources (an autoscaler adding GPUs) |
+| ``VARSWEEP_HEARTBEAT_SECONDS`` | ``10`` | how often a running sweep renews its lease on the study |
+| ``VARSWEEP_HEARTBEAT_GRACE`` | ``60`` | a sweep whose lease is older than this is dead: its trials are queued again |
+| ``VARSWEEP_MAX_IMAGE_PIXELS`` | ``50000000`` | larger images are refused (decompression bombs) |
 
 Passwords have no default and never reach a log line, an MLflow param or a tag: use :func:`redact_url`.
 """
@@ -31,12 +35,20 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
-_PASSWORD = re.compile(r"(?P<head>[a-z0-9+.-]+://[^:/@\s]*:)(?P<secret>[^@\s]*)(?P<tail>@)", re.IGNORECASE)
+# a URL's userinfo (scheme://user:secret@host), and the libpq keyword and query forms (password=secret, in a query
+# string, a "key=value key=value" connection string, PGPASSWORD=..., sslpassword=...)
+_USERINFO = re.compile(r"(?P<head>[a-z0-9+.-]+://[^:/@\s]*:)(?P<secret>[^@\s]*)(?P<tail>@)", re.IGNORECASE)
+_KEYWORD = re.compile(
+    r"(?P<head>(?:password|passwd|pwd)\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|[^&;\s'\\]+)",
+    re.IGNORECASE,
+)
 
 
 def redact_url(text: str) -> str:
-    """Replace the password of every URL in ``text`` with ``***``."""
-    return _PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+    """Replace every password in ``text`` with ``***``: URL userinfo, ``password=`` query parameters and libpq
+    keyword strings."""
+    text = _USERINFO.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+    return _KEYWORD.sub(lambda m: f"{m['head']}***", text)
 
 
 class Settings(BaseSettings):
@@ -55,6 +67,10 @@ class Settings(BaseSettings):
     mlflow_timeout: float = 5.0
     connect_timeout: float = 15.0
     outage_timeout: float = 600.0
+    placement_timeout: float = 600.0
+    heartbeat_seconds: float = 10.0
+    heartbeat_grace: float = 60.0
+    max_image_pixels: int = 50_000_000
 
     @field_validator("database_url", "optuna_url")
     @classmethod

@@ -1,4 +1,10 @@
-"""MLflow tracking of a sweep: a parent run per sweep, a child run per trial, logged from the driver.
+"""MLflow tracking of a study: one top-level run per study, a child run per trial, logged from the driver.
+
+The study's run is created by its first sweep and continued by every later one (a resume, an extension, another
+driver): each invocation is recorded on it as a tag ``varsweep.invocation.<n>`` (sweep id, trials asked for,
+start), and every trial run carries the invocation (``varsweep.sweep_id``) that ran it. So the study's best trial
+is found, tagged and given its figures whichever invocation ran it. Every run gets MLflow's standard system tags
+(source, git commit, user), so the UI's Source, Version and User columns are filled.
 
 Every call goes through ``MlflowClient`` with explicit run ids (no global active run), with bounded HTTP retries.
 When the tracking server is unreachable the sweep goes on: the record is spooled to a local JSON-lines file, a
@@ -8,6 +14,7 @@ logged is reported as not logged, with the spool's path.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -29,6 +36,12 @@ class TrackingError(VarsweepError, RuntimeError):
     """MLflow cannot be used at all (at start: a bad URI or an unwritable location)."""
 
 
+def _study_key(study: str) -> str:
+    """A tag value that finds the study's run: a hash, so that no character of the name needs escaping in a
+    search filter."""
+    return hashlib.sha256(study.encode()).hexdigest()[:16]
+
+
 def _bound_http_retries(timeout: float) -> None:
     # Defaults retry for minutes against a dead server (ECOSYSTEM.md); keep the user's choice if set.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -36,6 +49,8 @@ def _bound_http_retries(timeout: float) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(1, timeout))))
     # a progress bar per artifact read back (one small JSON) is noise in the sweep's log
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow logs its database migrations at INFO on every first use of a store: not news to a sweep user
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 
 class Tracker:
@@ -58,15 +73,62 @@ class Tracker:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise TrackingError(f"cannot use MLflow at {redact_url(uri)}: {redact_url(first)}") from e
         self.parent_id: str | None = None
+        self.sweep_id = ""
+        self.system_tags: dict[str, str] = {}
         self._trial_runs: dict[int, str] = {}  # trial number -> run id, once found or created
         self._rung_steps: dict[int, set[int]] = {}  # trial number -> steps log_rung wrote
 
     # ---------------------------------------------------------------- runs
-    def start_parent(self, *, name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=name, tags={"varsweep.kind": "sweep", **tags})
-        self.parent_id = run.info.run_id
-        self._log(self.parent_id, params=params)
+    def open_study_run(
+        self,
+        *,
+        study: str,
+        sweep_id: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+        system_tags: Mapping[str, str],
+        invocation: Mapping[str, Any],
+    ) -> str:
+        """The study's run: found (and set RUNNING again) or created; records this invocation. Returns its id.
+
+        ``params`` are the study's own (constant for the study; unset values are not logged); ``invocation`` is
+        what differs from one sweep of the study to the next (trials asked for, batch, ...), kept as a tag.
+        """
+        self.system_tags = dict(system_tags)
+        self.sweep_id = sweep_id
+        key = _study_key(study)
+        found = self._runs(f"tags.varsweep.kind = 'study' and tags.varsweep.study_key = '{key}'")
+        if found:
+            self.parent_id = found[0].info.run_id
+            self.client.update_run(self.parent_id, status="RUNNING")
+            count = sum(k.startswith("varsweep.invocation.") for k in found[0].data.tags)
+        else:
+            run = self.client.create_run(
+                self.experiment_id, run_name=study,
+                tags={"varsweep.kind": "study", "varsweep.study": study, "varsweep.study_key": key},
+            )  # fmt: skip
+            self.parent_id, count = run.info.run_id, 0
+        entry = json.dumps({"sweep_id": sweep_id, **invocation}, default=str)
+        self._log(
+            self.parent_id,
+            params={k: v for k, v in params.items() if v is not None},
+            tags={**self.system_tags, **tags, f"varsweep.invocation.{count + 1}": entry, "varsweep.sweep_id": sweep_id},
+        )
         return self.parent_id
+
+    def run_url(self, ui: str, run_id: str | None = None) -> str:
+        """The MLflow UI page of a run (the study's by default), in the classic runs view: MLflow 3 opens an
+        experiment in its GenAI view unless the URL asks for machine-learning runs."""
+        run = run_id or self.parent_id
+        return f"{ui.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run}?workflowType=machine_learning"
+
+    def kill_runs_of(self, sweep_id: str) -> int:
+        """End the RUNNING trial runs of a dead invocation as KILLED; returns how many."""
+        runs = self._runs(f"tags.varsweep.sweep_id = '{sweep_id}' and attributes.status = 'RUNNING'")
+        for run in runs:
+            if run.data.tags.get("varsweep.kind") == "trial":
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+        return sum(r.data.tags.get("varsweep.kind") == "trial" for r in runs)
 
     def start_trial(
         self, *, number: int, role: str, params: Mapping[str, Any], tags: Mapping[str, str] | None = None
@@ -138,15 +200,18 @@ class Tracker:
             except Exception as e:
                 self._warn(e)
 
-    def finish(self, status: str = "FINISHED") -> int:
-        """End the parent run; returns how many trial runs are still not logged (kept in the spool)."""
+    def finish(self, status: str | None = "FINISHED") -> int:
+        """End this invocation's unfinished trial runs and the study's run with ``status`` (None: leave the study's
+        run RUNNING, another driver still works on it); returns how many trial runs are still not logged."""
         self.flush()
         if self.parent_id is not None:
             try:
-                for run in self._runs(f"tags.mlflow.parentRunId = '{self.parent_id}' and attributes.status = 'RUNNING'"):
-                    # a trial that never reported: interrupted with the sweep, or failed
-                    self.client.set_terminated(run.info.run_id, status="KILLED" if status == "KILLED" else "FAILED")
-                self.client.set_terminated(self.parent_id, status=status)
+                mine = f"tags.varsweep.sweep_id = '{self.sweep_id}' and attributes.status = 'RUNNING'"
+                for run in self._runs(mine):
+                    if run.info.run_id != self.parent_id:  # a trial that never reported: interrupted, or failed
+                        self.client.set_terminated(run.info.run_id, status="KILLED" if status == "KILLED" else "FAILED")
+                if status is not None:
+                    self.client.set_terminated(self.parent_id, status=status)
             except Exception as e:
                 self._warn(e)
         return self.unlogged()
@@ -254,10 +319,12 @@ class Tracker:
 
     def _create_trial_run(self, number: int, role: str) -> str:
         tags = {
+            **self.system_tags,
             "mlflow.parentRunId": self.parent_id or "",
             "varsweep.kind": "trial",
             "varsweep.trial": str(number),
             "varsweep.role": role,
+            "varsweep.sweep_id": self.sweep_id,
         }
         run = self.client.create_run(self.experiment_id, run_name=f"trial-{number:03d}-{role}", tags=tags)
         self._trial_runs[number] = run.info.run_id

@@ -16,16 +16,16 @@ from typing import Any
 from sweep.fidelity import Rungs
 from sweep.search import config_from_params
 from var_core.config import Convention
-from var_core.errors import VarsweepError
 from var_core.stats import VARStats
 from workers.results import merge_results
 
-__all__ = ["TrialReport", "run_trial", "OBJECTIVE", "FIDELITY", "EXAMPLES_SEEN", "COMPLETE", "REPORT"]
+__all__ = ["TrialReport", "run_trial", "OBJECTIVE", "FIDELITY", "EXAMPLES_SEEN", "COMPLETE", "FAILURE", "REPORT"]
 
 OBJECTIVE = "objective"  # the value Tune's searcher and scheduler read
 FIDELITY = "fidelity"  # ASHA's clock: the rung's nominal size in eighths of the tuning groups
 EXAMPLES_SEEN = "examples_seen"  # Optuna's step for the intermediate value
 COMPLETE = "complete"  # the trial saw every tuning example (else it was stopped early)
+FAILURE = "failure"  # why the trial failed (a metric that is not a number): it ends FAIL, once, not retried
 REPORT = "report"  # the whole TrialReport, as plain data (Tune hands searchers a flattened copy: use the above)
 
 
@@ -79,8 +79,9 @@ def run_trial(
         seen = task.select(rungs.seen(rung))
         scores = seen.score(answers)
         value = float(scores[metric])
-        if not math.isfinite(value):
-            raise VarsweepError(f"metric {metric} is {value} for {params}")
+        if not math.isfinite(value):  # not a crash to retry: the configuration's trial fails, once
+            tune.report({OBJECTIVE: value, FIDELITY: rungs.clock[rung], FAILURE: f"{metric} is {value}"})
+            return
         # VAR off selects and moves nothing: its statistics are zeros, so runs compare column by column
         summed = stats or VARStats.empty(1, 1, 1)
         report = TrialReport(

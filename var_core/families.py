@@ -44,6 +44,8 @@ class Family:
     # crops with a newline token per row), "merged_thw" (image_grid_thw, merge x merge patches per token),
     # "tiles" (tiles of a fixed grid, the last one the whole image)
     image_grid: ImageGrid
+    # the strings the family's processor reads as image placeholders: a question must not contain them
+    image_strings: tuple[str, ...] = ()
     mrope: bool = False  # 3-row M-RoPE position ids, from the backbone's get_rope_index (Qwen2-VL)
     # the transformers processor class; built without its video processor where torchvision is missing
     processor: str = ""
@@ -59,24 +61,29 @@ FAMILIES: dict[str, Family] = {
         name="llava",
         image_token_attrs=("image_token_id", "image_token_index"),
         image_grid="square",
+        image_strings=("<image>",),
         processor="LlavaProcessor",
     ),
     "llava_next": Family(
         name="llava",
         image_token_attrs=("image_token_id", "image_token_index"),
         image_grid="anyres",
+        image_strings=("<image>",),
         processor="LlavaNextProcessor",
     ),
     "qwen2_vl": Family(
         name="qwen2_vl", image_token_attrs=("image_token_id",), image_grid="merged_thw", mrope=True,
+        image_strings=("<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"),
         processor="Qwen2VLProcessor",
     ),
     "qwen2_5_vl": Family(
         name="qwen2_vl", image_token_attrs=("image_token_id",), image_grid="merged_thw", mrope=True,
+        image_strings=("<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"),
         processor="Qwen2_5_VLProcessor",
     ),
     "internvl": Family(
-        name="internvl", image_token_attrs=("image_token_id",), image_grid="tiles", processor="InternVLProcessor"
+        name="internvl", image_token_attrs=("image_token_id",), image_grid="tiles",
+        image_strings=("<IMG_CONTEXT>", "<img>", "</img>", "<image>"), processor="InternVLProcessor",
     ),
 }  # fmt: skip
 

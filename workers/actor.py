@@ -19,14 +19,15 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from var_core.config import VARConfig
+from var_core.errors import VarsweepError
 from workers.results import ConfigResult, merge_results
 
-__all__ = ["TaskRef", "ModelWorker", "WorkerPool", "WorkerCounters", "merge_results"]
+__all__ = ["TaskRef", "ModelWorker", "WorkerPool", "WorkerCounters", "PlacementError", "merge_results"]
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,14 @@ class ModelWorker:
         task: TaskRef,
         shard: dict[str, list[str]],
         threads: int | None = None,
-        cache_bytes: int = 8 << 30,
-        host_cache_bytes: int = 32 << 30,
+        device: str | None = None,
+        cache_bytes: int | None = None,
+        host_cache_bytes: int | None = None,
         max_batch: int = 16,
         gather_idle: float = 0.5,
         gather_max: float = 2.0,
         dtype: str | None = None,
+        sink_dims: Sequence[int] | Literal["discover"] | None = None,
     ) -> None:
         import torch
 
@@ -88,14 +91,16 @@ class ModelWorker:
         if threads is not None:  # Ray caps a CPU actor's threads by its CPUs; use every CPU it holds
             torch.set_num_threads(threads)
         self.model_name = model
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.task = task.load()
         by_id = {e.id: e for e in self.task.examples}
         missing = [i for ids in shard.values() for i in ids if i not in by_id]
         if missing:
             raise KeyError(f"shard names {len(missing)} example ids the task does not have, e.g. {missing[:3]}")
         self.shard = {split: [by_id[i] for i in ids] for split, ids in shard.items()}
-        model_obj, processor = load_model(model, device=self.device, dtype=getattr(torch, dtype) if dtype else None)
+        model_obj, processor = load_model(
+            model, device=self.device, dtype=getattr(torch, dtype) if dtype else None, sink_dims=sink_dims
+        )
         self.engine = EvalEngine(
             model_obj, processor, cache_bytes=cache_bytes, host_cache_bytes=host_cache_bytes, max_batch=max_batch
         )
@@ -122,6 +127,8 @@ class ModelWorker:
             "model": self.model_name,
             "device": self.device,
             "threads": torch.get_num_threads(),
+            "sink_dims": list(self.engine.handle.sink_dims),
+            "sink_dims_source": self.engine.handle.sink_dims_source,
             "examples": {split: len(examples) for split, examples in self.shard.items()},
             "load_seconds": round(self.load_seconds, 2),
             "prepared": self.engine.cache_stats.prepared,
@@ -261,8 +268,20 @@ class Preparation:
         return self._seconds
 
 
+class PlacementError(VarsweepError, RuntimeError):
+    """The cluster cannot give the workers what they ask for (within the wait allowed)."""
+
+
 class WorkerPool:
-    """N ``ModelWorker`` actors (one GPU each when the cluster has GPUs), each owning a shard of the groups."""
+    """N ``ModelWorker`` actors, each owning a shard of the groups, placed together before any of them starts.
+
+    ``device="cuda"``: each worker asks for one GPU (and one CPU for its image processing); ``"cpu"``: for
+    ``cpus_per_worker`` CPUs, and runs that many torch threads. The workers' resources are reserved as one
+    placement group first: on a cluster that scales (KubeRay's autoscaler adding GPU nodes from zero) the pool
+    waits up to ``placement_timeout`` seconds for it; on a cluster that cannot grow (``can_grow=False``: a local
+    Ray) a request larger than the cluster fails at once. Either way the error is one line, and nothing falls back
+    to CPUs when GPUs were asked for.
+    """
 
     def __init__(
         self,
@@ -271,27 +290,35 @@ class WorkerPool:
         task: TaskRef,
         splits: dict[str, Sequence[Any]],
         workers: int,
+        device: str = "cpu",
         cpus_per_worker: int = 1,
+        placement_timeout: float = 600.0,
+        can_grow: bool = True,
         max_restarts: int = 2,
         **worker_kwargs: Any,
     ) -> None:
-        """``splits`` maps split name -> examples; each split is dealt to workers by group, round robin.
-
-        Without GPUs, each worker holds ``cpus_per_worker`` CPUs and runs that many torch threads.
-        """
+        """``splits`` maps split name -> examples; each split is dealt to workers by group, round robin."""
         import ray
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         if workers < 1:
             raise ValueError(f"workers={workers} must be >= 1")
-        gpus = ray.cluster_resources().get("GPU", 0)
-        use_gpu = gpus >= 1
-        actor_cls = ray.remote(ModelWorker).options(
-            num_gpus=1 if use_gpu else 0,
-            num_cpus=0 if use_gpu else cpus_per_worker,
-            max_restarts=max_restarts,
-            max_task_retries=max_restarts,
-            max_concurrency=64,
-        )
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device={device!r} is not 'cpu' or 'cuda'")
+        bundle = {"CPU": 1.0, "GPU": 1.0} if device == "cuda" else {"CPU": float(cpus_per_worker)}
+        _check_fits(bundle, workers, ray.cluster_resources(), device, can_grow=can_grow)
+        self._group = placement_group([bundle] * workers, strategy="SPREAD", name="")
+        try:
+            ray.get(self._group.ready(), timeout=placement_timeout)
+        except ray.exceptions.GetTimeoutError as e:
+            remove_placement_group(self._group)
+            raise PlacementError(
+                f"the cluster did not provide {workers} worker(s) x {_describe(bundle)} within {placement_timeout:g} s "
+                f"(VARSWEEP_PLACEMENT_TIMEOUT); it has {_describe(ray.cluster_resources())}: add nodes, or ask for "
+                "less (--workers, --device cpu, --worker-cpus)"
+            ) from e
+        self.device = device
         self.order = {name: [e.id for e in examples] for name, examples in splits.items()}
         shards: list[dict[str, list[str]]] = [{name: [] for name in splits} for _ in range(workers)]
         for name, examples in splits.items():
@@ -300,10 +327,19 @@ class WorkerPool:
             for e in examples:
                 shards[owner[e.group]][name].append(e.id)
         self.examples = sum(len(examples) for examples in splits.values())
-        threads = None if use_gpu else cpus_per_worker
+        threads = None if device == "cuda" else cpus_per_worker
         self.actors = [
-            actor_cls.remote(model=model, task=task, shard=shard, threads=threads, **worker_kwargs)
-            for shard in shards
+            ray.remote(ModelWorker)
+            .options(
+                num_cpus=bundle["CPU"],
+                num_gpus=bundle.get("GPU", 0),
+                max_restarts=max_restarts,
+                max_task_retries=max_restarts,
+                max_concurrency=64,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self._group, placement_group_bundle_index=i),
+            )
+            .remote(model=model, task=task, shard=shard, threads=threads, device=device, **worker_kwargs)
+            for i, shard in enumerate(shards)
         ]
 
     def ready(self, timeout: float | None = None) -> list[dict[str, Any]]:
@@ -338,8 +374,31 @@ class WorkerPool:
         return merge_results(per_worker, order=self.order[split])
 
     def shutdown(self) -> None:
+        """Stop the workers and give their resources back (the workers live for one sweep)."""
         import ray
+        from ray.util.placement_group import remove_placement_group
 
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
         self.actors = []
+        remove_placement_group(self._group)
+
+
+def _describe(resources: Mapping[str, float]) -> str:
+    shown = {k: v for k, v in resources.items() if k in ("CPU", "GPU")}
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(shown.items())) + "}"
+
+
+def _check_fits(
+    bundle: Mapping[str, float], workers: int, total: Mapping[str, float], device: str, *, can_grow: bool
+) -> None:
+    """Refuse at once what a cluster that cannot grow will never have."""
+    if can_grow:
+        return
+    for resource, amount in bundle.items():
+        if amount * workers > total.get(resource, 0.0):
+            hint = "use --device cpu" if resource == "GPU" else "use fewer --workers or --worker-cpus"
+            raise PlacementError(
+                f"{workers} {device} worker(s) need {amount * workers:g} {resource} but this Ray has "
+                f"{total.get(resource, 0.0):g} (and no autoscaler): {hint}"
+            )

@@ -24,6 +24,7 @@ image tokens get a massive value in :data:`TINY_SINK_DIMS`, recorded in ``config
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ from transformers import (
 from transformers.utils import is_torchvision_available
 
 from var_core.errors import SinkDimsError, VarsweepError
-from var_core.families import backbone, decoder_layers, family_of, image_token_id
+from var_core.families import FAMILIES, backbone, decoder_layers, family_of, image_token_id
 from var_core.sink_dims import (
     SinkDims,
     SinkDimsDiscovery,
@@ -75,6 +76,8 @@ __all__ = [
     "TINY_INTERNVL_SHAPE",
     "load_model",
     "check_model",
+    "ModelCheck",
+    "PRESET_TYPES",
     "plant_sinks",
     "near_tie_answers",
     "build_tiny_llava",
@@ -829,17 +832,39 @@ def discover_model_sink_dims(
     return discover_sink_dims(model, batches, first_layer=first_layer, min_score=min_score)
 
 
-def check_model(name: str) -> str:
-    """Check, without loading weights, that ``name`` can be swept; returns the key results are stored under.
+# the model type of each preset, so a driver can check one without building it
+PRESET_TYPES = {
+    "tiny-llava": "llava",
+    "tiny-llava-next": "llava_next",
+    "tiny-qwen2-vl": "qwen2_vl",
+    "tiny-qwen2.5-vl": "qwen2_5_vl",
+    "tiny-internvl": "internvl",
+    "llava-cpu-bench": "llava",
+}
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    """What a driver knows of a model before any worker loads it."""
+
+    key: str  # what results are stored under (see check_model)
+    model_type: str
+    image_strings: tuple[str, ...]  # the family's image placeholders, which a question must not contain
+
+
+def check_model(name: str) -> ModelCheck:
+    """Check, without loading weights, that ``name`` can be swept.
 
     A preset is fine as it is. Otherwise the config is read (a local folder, or the hub when reachable): it must
     be a supported multimodal family with an image token. The key is ``name``, except for a local folder: the
-    hub id recorded in its config when there is one, else the folder's name (DESIGN.md "Contract details").
+    hub id recorded in its config, else the folder's name, then ``@`` and 8 hex digits of the folder's resolved
+    path, so that two local checkpoints never share a key.
     """
     from transformers import AutoConfig
 
     if name in PRESETS:
-        return name
+        model_type = PRESET_TYPES[name]
+        return ModelCheck(key=name, model_type=model_type, image_strings=FAMILIES[model_type].image_strings)
     local = Path(name).expanduser()
     if not local.is_dir() and os.sep in name and not _looks_like_hub_id(name):
         raise ModelLoadError(f"model {name!r}: no such folder, and not a preset ({', '.join(PRESETS)})")
@@ -852,10 +877,13 @@ def check_model(name: str) -> str:
             f"config.json; hub: {first_line})"
         ) from e
     image_token_id(config)  # raises for an unsupported family or a config without an image token
-    if not local.is_dir():
-        return name
-    recorded = str(getattr(config, "_name_or_path", "") or "")
-    return recorded if _looks_like_hub_id(recorded) and not Path(recorded).exists() else local.resolve().name
+    family = family_of(config)
+    key = name
+    if local.is_dir():
+        recorded = str(getattr(config, "_name_or_path", "") or "")
+        base = recorded if _looks_like_hub_id(recorded) and not Path(recorded).exists() else local.resolve().name
+        key = f"{base}@{hashlib.sha256(str(local.resolve()).encode()).hexdigest()[:8]}"
+    return ModelCheck(key=key, model_type=config.model_type, image_strings=family.image_strings)
 
 
 def _from_pretrained(name: str, *, dtype: torch.dtype | None) -> tuple[nn.Module, ProcessorMixin]:

@@ -8,7 +8,6 @@ naming the upgrade command, ``python -m sweep.store upgrade``.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -85,6 +84,8 @@ class BestRecord:
 
 @dataclass(frozen=True)
 class SweepRecord:
+    """A row of ``sweeps``: one driver of a study."""
+
     id: str
     key: str
     model: str
@@ -95,6 +96,19 @@ class SweepRecord:
     started_at: datetime
     finished_at: datetime | None
     message: str | None
+    heartbeat_at: datetime | None = None
+    host: str | None = None
+    pid: int | None = None
+    mlflow_run_id: str | None = None
+
+    def describe(self) -> str:
+        """Who ran it: ``host h, pid p, started 2026-12-01 21:30 UTC``."""
+        started = _utc(self.started_at).strftime("%Y-%m-%d %H:%M UTC")
+        return f"host {self.host or '?'}, pid {self.pid or '?'}, started {started}"
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)  # SQLite hands back naive times
 
 
 def _alembic_config(connection: Any) -> Any:
@@ -143,6 +157,11 @@ def _engine(url: str) -> Engine:
     elif url.startswith("sqlite"):
         connect_args["timeout"] = 30  # wait for a concurrent writer's lock rather than fail
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+def _alive(record: SweepRecord, now: datetime, grace: float) -> bool:
+    last = record.heartbeat_at or record.started_at
+    return (now - _utc(last)).total_seconds() <= grace
 
 
 class Store:
@@ -199,20 +218,56 @@ class Store:
             yield session
 
     # ---------------------------------------------------------------- sweeps
-    def start_sweep(self, *, key: str, model: str, task: str, convention: str) -> str:
+    def start_sweep(
+        self, *, key: str, model: str, task: str, convention: str, host: str | None = None, pid: int | None = None
+    ) -> str:
+        """Record a sweep (driver) as running, its lease fresh; returns its id."""
         sweep_id = uuid.uuid4().hex
+        now = datetime.now(UTC)
 
         def op() -> str:
             with self._session() as s:
                 s.add(
                     Sweep(
                         id=sweep_id, key=key, model=model, task=task, convention=convention, status="running",
-                        trials=0, started_at=datetime.now(UTC),
+                        trials=0, started_at=now, heartbeat_at=now, host=host, pid=pid,
                     )  # fmt: skip
                 )
             return sweep_id
 
         return self._retry(op, "record the sweep")
+
+    def beat(self, sweep_id: str, *, mlflow_run_id: str | None = None) -> None:
+        """Renew a running sweep's lease (once, no waiting: the next beat comes soon)."""
+        values: dict[str, Any] = {"heartbeat_at": datetime.now(UTC)}
+        if mlflow_run_id is not None:
+            values["mlflow_run_id"] = mlflow_run_id
+        with self._session() as s:
+            s.execute(update(Sweep).where(Sweep.id == sweep_id, Sweep.status == "running").values(**values))
+
+    def reap(self, key: str, *, grace: float) -> list[SweepRecord]:
+        """Mark the running sweeps of ``key`` whose lease ran out ``grace`` seconds ago as killed; returns them."""
+
+        def op() -> list[SweepRecord]:
+            now = datetime.now(UTC)
+            dead = [r for r in self.sweeps(key) if r.status == "running" and not _alive(r, now, grace)]
+            with self._session() as s:
+                for record in dead:
+                    last = _utc(record.heartbeat_at or record.started_at).strftime("%Y-%m-%d %H:%M:%S UTC")
+                    s.execute(
+                        update(Sweep).where(Sweep.id == record.id, Sweep.status == "running").values(
+                            status="killed", finished_at=now,
+                            message=f"no heartbeat since {last}: the driver was killed or lost",
+                        )  # fmt: skip
+                    )
+            return dead
+
+        return self._retry(op, "mark dead sweeps")
+
+    def live(self, key: str, *, grace: float) -> list[SweepRecord]:
+        """The running sweeps of ``key`` whose lease is fresh (other drivers of the study, right now)."""
+        now = datetime.now(UTC)
+        return [r for r in self.sweeps(key) if r.status == "running" and _alive(r, now, grace)]
 
     def finish_sweep(self, sweep_id: str, *, status: str, trials: int, message: str | None = None) -> None:
         def op() -> None:

@@ -52,7 +52,7 @@ class BestSettings(Base):
 
 
 class Sweep(Base):
-    """One run of the sweep command: its key (the study), status and trial count."""
+    """One run of the sweep command (a driver): its key (the study), status, trial count and lease."""
 
     __tablename__ = "sweeps"
 
@@ -61,8 +61,13 @@ class Sweep(Base):
     model: Mapped[str] = mapped_column(String(512))
     task: Mapped[str] = mapped_column(String(128))
     convention: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16))  # running | completed | failed | interrupted
+    status: Mapped[str] = mapped_column(String(16))  # running | completed | failed | interrupted | killed
     trials: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # the driver's lease: renewed while it runs (see Store.beat / Store.reap)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)

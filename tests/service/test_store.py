@@ -122,7 +122,7 @@ def test_a_store_of_the_previous_release_upgrades_in_place_and_keeps_its_rows(da
         [sys.executable, "-m", "sweep.store", "upgrade", "--url", database_url], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
-    assert "at revision 0002" in out.stdout
+    assert "at revision 0003" in out.stdout  # the paired comparison (0002) and the sweep lease (0003)
     (row,) = Store(database_url).best()
     assert (row.model, row.tau, row.heldout_value, row.sweep_id) == ("tiny-llava", 20.0, 0.4, "s1")
     assert row.delta == pytest.approx(0.1) and row.p_value is None and row.ci_low is None

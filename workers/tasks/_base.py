@@ -80,18 +80,35 @@ class ImageRef:
     def describe(self) -> str:
         return str(self.path) if self.row is None else f"{self.path} row {self.row} column {self.column!r}"
 
-    def load(self) -> Image.Image:
+    def load(self, max_pixels: int | None = None) -> Image.Image:
         """The image in RGB, fully decoded.
 
+        ``max_pixels`` refuses a larger image from its header, before anything is decoded (a decompression bomb: a
+        small file that decodes to gigabytes); PIL's own bomb check applies as well.
+
         Raises:
-            DataError: the file (or cell) is missing, not an image, or truncated; the message names it.
+            DataError: the file (or cell) is missing, not an image, too large, or truncated; the message names it.
         """
+        import warnings
+
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with Image.open(self._source()) as image:
-                image.load()
-                return image.convert("RGB")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit here says it in one line
+                with Image.open(self._source()) as image:
+                    width, height = image.size
+                    if max_pixels is not None and width * height > max_pixels:
+                        raise DataError(
+                            f"{self.describe()}: {width}x{height} is {width * height} pixels, more than the limit "
+                            f"of {max_pixels} (VARSWEEP_MAX_IMAGE_PIXELS)"
+                        )
+                    image.load()
+                    return image.convert("RGB")
+        except DataError:
+            raise
+        except Image.DecompressionBombError as e:
+            raise DataError(f"{self.describe()}: refused as a decompression bomb ({e})") from e
         except (OSError, UnidentifiedImageError, ValueError) as e:
             raise DataError(f"{self.describe()}: cannot open image: {e}") from e
 
@@ -144,6 +161,8 @@ class TaskSpec:
     direction: str
     answer_mode: str
     max_new_tokens: int
+    # the other metrics of the scorer that are better when lower (the headline's own direction is ``direction``)
+    lower_is_better: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for attr, allowed in (
@@ -220,6 +239,43 @@ class Task:
         """Group keys in the order they first appear."""
         return tuple(dict.fromkeys(example.group for example in self.examples))
 
+    def metrics(self) -> tuple[str, ...]:
+        """The names a sweep may optimise: the scorer's metrics, less standard errors, counts and descriptions
+        (``invalid_rate``, POPE's ``yes_ratio`` and confusion cells)."""
+        answers = {e.id: (e.options[0] if e.options else "") for e in self.examples}
+        skipped = {"invalid_rate", "yes_ratio", "tp", "fp", "tn", "fn"}
+        return tuple(n for n in self.score(answers) if not n.endswith("_stderr") and n.rsplit("/", 1)[-1] not in skipped)
+
+    def direction_of(self, metric: str) -> str:
+        """``"maximize"`` or ``"minimize"``: how ``metric`` is optimised.
+
+        Raises:
+            ConfigError: ``metric`` is not one of :meth:`metrics`; the message lists them.
+        """
+        names = self.metrics()
+        if metric not in names:
+            raise ConfigError(f"task {self.name} has no metric {metric!r} to optimise; it has {', '.join(names)}")
+        if metric == self.metric:
+            return self.direction
+        return "minimize" if metric.rsplit("/", 1)[-1] in self.spec.lower_is_better else "maximize"
+
+    def check_text(self, forbidden: Iterable[str], source: str) -> None:
+        """Refuse questions that contain any of ``forbidden`` (the model's image placeholders: the processor would
+        count them as images).
+
+        Raises:
+            DataError: one line naming ``source`` (the data), the example and the string.
+        """
+        strings = [s for s in forbidden if s]
+        for example in self.examples:
+            text = self.text(example)
+            for string in strings:
+                if string in text:
+                    raise DataError(
+                        f"{source}: example {example.id}: the question contains {string!r}, the model's image "
+                        "placeholder; remove it from the data"
+                    )
+
     def build_prompt(self, example: Example, processor: Any, family: str) -> str:
         """The full prompt text for ``processor``, image placeholder included (see :func:`render_prompt`)."""
         return render_prompt(self.text(example), processor=processor, family=family)
@@ -247,17 +303,17 @@ class Task:
             raise ConfigError(f"task {self.name}: unknown group(s) {_preview(sorted(unknown))}")
         return replace(self, examples=tuple(e for e in self.examples if e.group in wanted))
 
-    def check_images(self) -> None:
-        """Open every image once, in example order.
+    def check_images(self, max_pixels: int | None = None) -> None:
+        """Open every image once, in example order (see :meth:`ImageRef.load` for ``max_pixels``).
 
         Raises:
-            DataError: one line naming the first image that is missing or cannot be decoded.
+            DataError: one line naming the first image that is missing, too large or cannot be decoded.
         """
         seen: set[ImageRef] = set()
         for example in self.examples:
             if example.image not in seen:
                 seen.add(example.image)
-                example.image.load()
+                example.image.load(max_pixels)
 
 
 def render_prompt(text: str, *, processor: Any, family: str) -> str:

@@ -59,7 +59,7 @@ def load_chair(
     check_split("chair", split, ())
     spec = TaskSpec(
         name="chair", group="hallucination", metric="chair_s", direction="minimize", answer_mode="generate",
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=max_new_tokens, lower_is_better=("chair_s", "chair_i"),
     )  # fmt: skip
     captions = caption_parser(parser)
     parquets = sorted(data_dir.glob("*.parquet")) or sorted((data_dir / "data").glob("*.parquet"))

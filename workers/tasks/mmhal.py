@@ -65,7 +65,7 @@ def load_mmhal(
     check_split("mmhal", split, ())
     spec = TaskSpec(
         name="mmhal", group="hallucination", metric="score", direction="maximize", answer_mode="generate",
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=max_new_tokens, lower_is_better=("hallucination_rate",),
     )  # fmt: skip
     path = data_dir / "response_template.json"
     examples = [_example(record, index, data_dir) for index, record in enumerate(read_records(path))]

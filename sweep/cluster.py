@@ -1,0 +1,78 @@
+"""The sweep's Ray: joining a cluster or starting a local one, and the pool of model workers on it.
+
+A local Ray (no ``RAY_ADDRESS``) listens on 127.0.0.1 only and gets one logical CPU beyond the machine's cores:
+the trial processes hold it (they only wait on the workers), so a CPU worker can hold, and compute on, every
+core. Workers' output stays in Ray's session logs (``/tmp/ray/session_latest/logs``): the driver's console shows
+the sweep's own lines, and a worker's error reaches the driver as the failed call's exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from sweep.plan import SweepPlan
+from sweep.settings import Settings, redact_url
+
+__all__ = ["connect_ray", "worker_pool", "cores"]
+
+log = logging.getLogger("varsweep")
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def connect_ray(settings: Settings) -> bool:
+    """Join ``RAY_ADDRESS``, else start a local Ray; True when the Ray is local (started here, no autoscaler)."""
+    import ray
+
+    if ray.is_initialized():
+        return settings.ray_address is None
+    address = settings.ray_address
+    log.info("connecting to Ray (%s)", redact_url(address or "a new local instance on 127.0.0.1"))
+    local: dict[str, Any] = {}
+    if address is None:
+        # every listener of a one-machine Ray on loopback (ECOSYSTEM.md "Ray Jobs and a local cluster"); token
+        # authentication guards a Ray reachable by others, which a loopback one is not
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        local = {"num_cpus": cores() + 1, "_node_ip_address": "127.0.0.1"}
+    ray.init(
+        address=address, logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False, **local
+    )  # fmt: skip
+    return address is None
+
+
+@contextlib.contextmanager
+def worker_pool(plan: SweepPlan, settings: Settings, *, local: bool) -> Iterator[Any]:
+    """The sweep's ModelWorkers (placed, models loading), shut down on leaving the block."""
+    import ray
+
+    from workers.actor import TaskRef, WorkerPool
+
+    request = plan.request
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    device = request.device if request.device != "auto" else ("cuda" if gpus else "cpu")
+    workers = request.workers or max(1, gpus if device == "cuda" else 1)
+    cpus = request.worker_cpus or (max(1, cores() // workers) if local else 1)
+    sink_dims: Any = "discover" if request.discover_sink_dims else request.sink_dims
+    pool = WorkerPool(
+        model=request.model,
+        task=TaskRef(name=request.task, data_dir=request.data_dir, split=request.split, limit=request.limit),
+        splits={"tuning": plan.tuning.examples, "heldout": plan.heldout.examples},
+        workers=workers,
+        device=device,
+        cpus_per_worker=cpus,
+        placement_timeout=settings.placement_timeout,
+        can_grow=not local,
+        max_batch=request.batch,
+        sink_dims=sink_dims,
+    )
+    try:
+        yield pool
+    finally:
+        pool.shutdown()
