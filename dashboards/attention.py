@@ -5,7 +5,7 @@ these functions only draw it. Every function returns a :class:`matplotlib.figure
 canvas and never registered with pyplot, so nothing opens a window and nothing leaks between calls; save it
 with ``fig.savefig(path)`` or log it with ``mlflow.log_figure(fig, "name.png")``.
 
-Terms (../shared/VAR.md): a *visual sink* is an image token whose sink score phi reaches tau in that layer;
+Terms (docs/method.md): a *visual sink* is an image token whose sink score phi reaches tau in that layer;
 a head is *selected* for a query row when its visual non-sink ratio r reaches rho; VAR then moves a fraction
 p of the sinks' attention to the visual non-sinks.
 """

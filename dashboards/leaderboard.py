@@ -59,7 +59,7 @@ small { color: #59636e; }
 
 _COLUMNS = (
     ("task", "text", None),
-    ("convention", "text", "paper or official (VAR.md section 4): tau, rho and p mean different things"),
+    ("convention", "text", "paper or official (docs/method.md section 4): tau, rho and p mean different things"),
     ("metric", "text", None),
     ("held-out", None, "VAR on: the best configuration on the held-out split"),
     ("VAR off", None, "the baseline (VAR off) on the same held-out split"),

@@ -51,7 +51,10 @@ def _varies(trials: list[FrozenTrial], name: str) -> bool:
 
 
 def _detach(axes: Any, title: str) -> Figure:
-    """The figure of Optuna's axes, closed in pyplot and re-attached to an Agg canvas, its title set."""
+    """The figure of Optuna's axes, closed in pyplot and re-attached to an Agg canvas, its title set.
+
+    Every text is drawn as it is written: a study called ``cost $x$`` must not be parsed as mathtext (an odd
+    number of ``$`` would fail the whole figure)."""
     first = axes.flat[0] if isinstance(axes, np.ndarray) else axes
     figure = first.figure
     plt.close(figure)
@@ -62,6 +65,8 @@ def _detach(axes: Any, title: str) -> Figure:
         first.set_title(title)
     else:
         figure.suptitle(title)
+    for text in figure.findobj(matplotlib.text.Text):
+        text.set_parse_math(False)
     return figure
 
 

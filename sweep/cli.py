@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--holdout", type=float, default=0.3, help="fraction of groups held out (default 0.3)")
     run.add_argument("--metric", help="metric to optimise (default: the task's headline metric)")
     run.add_argument("--convention", choices=["paper", "official"], default="paper",
-                     help="VAR convention of the searched parameters (default paper; see VAR.md)")  # fmt: skip
+                     help="VAR convention of the searched parameters (default paper; see docs/method.md)")  # fmt: skip
     run.add_argument("--search-summ", action="store_true", help="also search summ (default: fixed at 0.2)")
     for name, default in (("tau", "5 40"), ("rho", "by task group"), ("p", "0 1")):
         run.add_argument(f"--{name}-range", nargs=2, type=float, metavar=("LOW", "HIGH"),

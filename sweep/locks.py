@@ -17,9 +17,14 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from sweep.settings import normalise_database_url
+from sweep.settings import normalise_database_url, redact_url
+from var_core.errors import VarsweepError
 
-__all__ = ["database_lock", "is_sqlite"]
+__all__ = ["database_lock", "is_sqlite", "LockError"]
+
+
+class LockError(VarsweepError, RuntimeError):
+    """The database that should hold a lock cannot be reached."""
 
 
 def is_sqlite(url: str) -> bool:
@@ -43,11 +48,17 @@ def database_lock(url: str, name: str) -> Iterator[None]:
 @contextlib.contextmanager
 def _advisory_lock(url: str, name: str) -> Iterator[None]:
     from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
 
     key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-    engine = create_engine(url, poolclass=None, pool_pre_ping=True)
+    engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
     try:
-        with engine.connect() as connection:
+        try:
+            connection = engine.connect()
+        except OperationalError as e:
+            cause = redact_url(str(e.orig or e)).strip().splitlines()[0]
+            raise LockError(f"cannot lock the database at {redact_url(url)}: it is unreachable ({cause})") from e
+        with connection:
             connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
             connection.commit()
             try:
@@ -61,8 +72,13 @@ def _advisory_lock(url: str, name: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a")
+    except OSError:  # a folder we cannot write to: the database itself will say so, in its own words
+        yield
+        return
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

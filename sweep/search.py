@@ -1,7 +1,7 @@
 """The search space over (tau, rho, p[, summ]) per task group, and the trials a sweep starts with.
 
 Ranges are written in the paper convention and converted for the official one (official rho = 1 - paper rho;
-official p = 1 - paper p, VAR.md sections 4 and 6). ``p`` = 0 moves no attention: VAR is off. The baseline trial
+official p = 1 - paper p, docs/method.md sections 4 and 6). ``p`` = 0 moves no attention: VAR is off. The baseline trial
 is that point, evaluated as VAR off.
 """
 
@@ -31,7 +31,7 @@ WARM_START = "warm-start"
 
 # paper-convention rho ranges around each group's published default (general 0.8, hallucination 0.5, vision 0.9)
 _RHO_RANGE = {"general": (0.5, 1.0), "hallucination": (0.2, 0.9), "vision-centric": (0.6, 1.0)}
-_TAU_RANGE = (5.0, 40.0)  # real sinks reach phi ~ 50, other tokens ~ 5 (VAR.md sec. 7)
+_TAU_RANGE = (5.0, 40.0)  # real sinks reach phi ~ 50, other tokens ~ 5 (docs/method.md sec. 7)
 _SUMM_RANGE = (0.0, 0.5)
 
 

@@ -1,8 +1,8 @@
 """MLflow tracking of a study: one top-level run per study, a child run per trial, logged from the driver.
 
 The study's run is created by its first sweep and continued by every later one (a resume, an extension, another
-driver): each invocation is recorded on it as a tag ``varsweep.invocation.<n>`` (sweep id, trials asked for,
-start), and every trial run carries the invocation (``varsweep.sweep_id``) that ran it. So the study's best trial
+driver): each invocation is recorded on it as a tag ``varsweep.invocation.<sweep id>`` (trials asked for, batch,
+start, host), and every trial run carries the invocation (``varsweep.sweep_id``) that ran it. So the study's best trial
 is found, tagged and given its figures whichever invocation ran it. Every run gets MLflow's standard system tags
 (source, git commit, user), so the UI's Source, Version and User columns are filled.
 
@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -101,18 +102,18 @@ class Tracker:
         if found:
             self.parent_id = found[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
-            count = sum(k.startswith("varsweep.invocation.") for k in found[0].data.tags)
         else:
             run = self.client.create_run(
                 self.experiment_id, run_name=study,
                 tags={"varsweep.kind": "study", "varsweep.study": study, "varsweep.study_key": key},
             )  # fmt: skip
-            self.parent_id, count = run.info.run_id, 0
-        entry = json.dumps({"sweep_id": sweep_id, **invocation}, default=str)
+            self.parent_id = run.info.run_id
+        # keyed by the sweep, not counted: drivers that start together never write the same tag
+        entry = json.dumps({"sweep_id": sweep_id, "started": time.strftime("%Y-%m-%d %H:%M:%S"), **invocation})
         self._log(
             self.parent_id,
             params={k: v for k, v in params.items() if v is not None},
-            tags={**self.system_tags, **tags, f"varsweep.invocation.{count + 1}": entry, "varsweep.sweep_id": sweep_id},
+            tags={**self.system_tags, **tags, f"varsweep.invocation.{sweep_id[:12]}": entry},
         )
         return self.parent_id
 
@@ -361,8 +362,6 @@ class Tracker:
         tags: Mapping[str, str] | None = None,
         step: int = 0,
     ) -> None:
-        import time
-
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)

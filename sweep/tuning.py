@@ -75,7 +75,16 @@ class StudyMismatchError(StudyError, ConfigError):
 
 
 def _db(operation: Callable[[], T], what: str, outage_timeout: float) -> T:
-    return retrying(operation, what=what, seconds=outage_timeout)
+    """``operation()`` on the study's database, waiting out an outage; what fails stays one line."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from sweep.settings import redact_url
+
+    try:
+        return retrying(operation, what=what, seconds=outage_timeout)
+    except SQLAlchemyError as e:
+        cause = redact_url(str(getattr(e, "orig", None) or e)).strip().splitlines()[0]
+        raise StudyError(f"cannot {what} in the study's database: {cause}") from e
 
 
 def open_study(
@@ -239,8 +248,34 @@ class StudySearcher(Searcher):
         self._owner, self._limit, self._lock, self._outage = owner, limit, lock, outage_timeout
         self._trials: dict[str, Any] = {}  # Tune trial id -> the Optuna trial it runs
         self._steps: dict[str, set[int]] = {}  # Tune trial id -> steps already reported to Optuna
+        # the first error of the study's database: Tune would turn it into a traceback of its own, so the search
+        # is ended instead (no more trials are asked for) and run_search raises it, in one line
+        self.error: StudyError | None = None
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.error is not None:
+            return Searcher.FINISHED
+        try:
+            return self._suggest(trial_id)
+        except StudyError as e:
+            self.error = self.error or e
+            return Searcher.FINISHED
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if not result.get(FAILURE):
+            self._recorded(self._report, trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        self._recorded(self._complete, trial_id, result, error)
+
+    def _recorded(self, method: Callable[..., None], *args: Any) -> None:
+        try:
+            method(*args)
+        except StudyError as e:
+            log.warning("%s", e)
+            self.error = self.error or e
+
+    def _suggest(self, trial_id: str) -> dict[str, Any] | None:
         import optuna
 
         def ask() -> Any:
@@ -264,11 +299,7 @@ class StudySearcher(Searcher):
             **trial.params, "trial_number": trial.number, ROLE: attrs.get(ROLE, "search"), SOURCE: attrs.get(SOURCE, ""),
         }  # fmt: skip
 
-    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        if not result.get(FAILURE):
-            self._report(trial_id, result)
-
-    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+    def _complete(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
         import optuna
 
         trial = self._trials.get(trial_id)
@@ -409,6 +440,8 @@ def run_search(
         if abandoned:
             log.warning("trials %s were running: failed and queued again", ", ".join(map(str, abandoned)))
         raise
+    if searcher.error is not None:
+        raise searcher.error
     return remaining
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,6 +22,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+SAMPLE = REPO / "examples" / "mmvp-sample"
+STUDY = "tiny-llava:mmvp:paper"
+BASE_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("VARSWEEP_", "MLFLOW_", "RAY_ADDRESS"))} | {
+    "PYTHONUNBUFFERED": "1",
+    "HF_HUB_OFFLINE": "1",  # no hub here: a model name that is not local fails at once
+}
 PG_ADMIN = os.environ.get("VARSWEEP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -196,3 +203,37 @@ class ThrowawayPostgres:
     def close(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
             self.stop("immediate")
+
+
+class Sweep:
+    """``python sweep/main.py`` in a working folder of its own, output captured to a file."""
+
+    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.log = workdir / "sweep.log"
+        self._log_file = self.log.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, str(REPO / "sweep" / "main.py"), *args],
+            cwd=workdir, env=BASE_ENV | (env or {}), stdout=self._log_file, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = 300) -> None:
+        def seen() -> bool:
+            if self.process.poll() is not None and not re.search(pattern, self.text()):
+                raise AssertionError(f"sweep exited ({self.process.returncode}) before {pattern!r}:\n{self.text()[-3000:]}")
+            return re.search(pattern, self.text()) is not None
+
+        wait_until(seen, timeout=timeout, what=f"log line {pattern!r}", interval=0.1)
+
+    def finish(self, timeout: float = 600) -> int:
+        code = self.process.wait(timeout=timeout)
+        self._log_file.close()
+        return code
+
+
+def sweep_args(trials: int, *extra: str) -> list[str]:
+    return ["--task", "mmvp", "--data-dir", str(SAMPLE), "--trials", str(trials), *extra]

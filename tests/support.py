@@ -88,7 +88,7 @@ def on_model(inputs, model) -> dict:
 
 
 def assert_var_acted(summary: dict) -> None:
-    """Rows were selected and attention mass moved (VAR.md sec. 7: VAR can silently do nothing)."""
+    """Rows were selected and attention mass moved (docs/method.md sec. 7: VAR can silently do nothing)."""
     assert summary["selected_share"] > 0, summary
     assert summary["mass_moved_per_row"] > 0, summary
 

@@ -110,7 +110,7 @@ def shared_prefix_attention(
         rows: ``[B, q]`` bool, the rows VAR may modify.
 
     Returns ``(output [B, q, H, D] in value's dtype, masses)``, the output equal (up to rounding) to
-    ``redistribute_rows(attention_probs(...)) @ values`` on the concatenated keys. It uses the identity of VAR.md
+    ``redistribute_rows(attention_probs(...)) @ values`` on the concatenated keys. It uses the identity of docs/method.md
     sec. 3: with e_j = exp(logit_j - max) and Z = sum_j e_j, a rewritten row is alpha'_j = f_j e_j / Z with
     f_j = kept on sinks, 1 + g on visual non-sinks (g = Omega / S) and 1 elsewhere. The prefix keys split into
     U, the union of every row's prefix sinks (a few keys, gathered), and the rest, whose factor is the same in

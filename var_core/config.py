@@ -1,6 +1,6 @@
 """VARConfig: the hyper-parameters of Visual Attention Redistribution, validated at construction.
 
-Two conventions share one config (../shared/VAR.md sections 4 and 6):
+Two conventions share one config (docs/method.md sections 4 and 6):
 
 * ``"paper"``: ``p`` is the fraction of sink attention moved (sinks keep ``1 - p``); a head is selected when the
   visual non-sink share ``r >= rho``; a token is a sink when ``phi >= tau`` with an exact RMS.
@@ -22,11 +22,11 @@ __all__ = ["VARConfig", "Convention", "CONVENTIONS", "TASK_GROUP_RHO", "paper_de
 Convention = Literal["paper", "official"]
 CONVENTIONS: tuple[str, ...] = ("paper", "official")
 
-# The release's shipped setting, per convention (VAR.md section 6): paper p 0.4 == official p 0.6.
+# The release's shipped setting, per convention (docs/method.md section 6): paper p 0.4 == official p 0.6.
 _DEFAULT_P = {"paper": 0.4, "official": 0.6}
 _DEFAULT_EXCEPT_LAST = {"paper": True, "official": False}
 
-# rho by task group, in the paper convention (VAR.md section 2).
+# rho by task group, in the paper convention (docs/method.md section 2).
 TASK_GROUP_RHO: dict[str, float] = {"general": 0.8, "hallucination": 0.5, "vision-centric": 0.9}
 
 
@@ -34,15 +34,15 @@ TASK_GROUP_RHO: dict[str, float] = {"general": 0.8, "hallucination": 0.5, "visio
 class VARConfig:
     """Hyper-parameters of VAR. ``p=None`` and ``except_last_layer=None`` resolve by convention."""
 
-    tau: float = field(default=20.0, metadata={"help": "sink threshold on phi (VAR.md sec. 1); > 0"})
-    rho: float = field(default=0.5, metadata={"help": "head-selection threshold (VAR.md sec. 2); in [0, 1]"})
+    tau: float = field(default=20.0, metadata={"help": "sink threshold on phi (docs/method.md sec. 1); > 0"})
+    rho: float = field(default=0.5, metadata={"help": "head-selection threshold (docs/method.md sec. 2); in [0, 1]"})
     p: float | None = field(
         default=None, metadata={"help": "paper: fraction of sink attention moved; official: fraction kept"}
     )
     summ: float = field(default=0.2, metadata={"help": "minimum visual attention mass of a row; in [0, 1]"})
     first_layer: int = field(default=2, metadata={"help": "first decoder layer VAR may modify; >= 0"})
     except_last_layer: bool | None = field(default=None, metadata={"help": "leave the last decoder layer alone"})
-    convention: Convention = field(default="paper", metadata={"help": "'paper' or 'official' (VAR.md sec. 4)"})
+    convention: Convention = field(default="paper", metadata={"help": "'paper' or 'official' (docs/method.md sec. 4)"})
 
     def __post_init__(self) -> None:
         if self.convention not in CONVENTIONS:
@@ -72,7 +72,7 @@ class VARConfig:
 
 
 def paper_defaults(task_group: str, convention: Convention = "paper") -> VARConfig:
-    """The paper's defaults for a task group, in ``convention`` (VAR.md section 6).
+    """The paper's defaults for a task group, in ``convention`` (docs/method.md section 6).
 
     tau 20, summ 0.2, p by the convention's shipped value, and the group's rho converted to the convention
     (official rho = 1 - paper rho).

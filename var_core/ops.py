@@ -1,4 +1,4 @@
-"""The VAR math as small pure functions on tensors (../shared/VAR.md sections 1-4).
+"""The VAR math as small pure functions on tensors (docs/method.md sections 1-4).
 
 Nothing here knows about models: inputs are hidden states and attention probabilities, outputs are tensors.
 Several configurations can be applied at once, one per batch row (``configs`` of length B), which is how the
@@ -29,16 +29,16 @@ __all__ = [
     "OFFICIAL_RMS_EPS",
 ]
 
-# The released code computes RMS as sqrt(mean(x^2) + 1e-6) in float32 (VAR.md section 4).
+# The released code computes RMS as sqrt(mean(x^2) + 1e-6) in float32 (docs/method.md section 4).
 OFFICIAL_RMS_EPS = 1e-6
-# The released code adds 1e-6 to every visual probability in the denominator of the sink share (VAR.md sec. 4).
+# The released code adds 1e-6 to every visual probability in the denominator of the sink share (docs/method.md sec. 4).
 _OFFICIAL_SHARE_EPS = 1e-6
 
 
 def sink_components(hidden: torch.Tensor, sink_dims: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The two parts of phi: ``(max_{d in D_sink} |x[d]|, mean_k x[k]^2)``, each ``[...]`` in float32+.
 
-    Kept apart so that a cached prefix serves both conventions, whose RMS differ only by eps (VAR.md sec. 4).
+    Kept apart so that a cached prefix serves both conventions, whose RMS differ only by eps (docs/method.md sec. 4).
     """
     if len(sink_dims) == 0:
         raise ConfigError("sink_dims is empty: phi needs at least one sink dimension")
@@ -50,13 +50,13 @@ def sink_components(hidden: torch.Tensor, sink_dims: Sequence[int]) -> tuple[tor
 
 
 def phi_from_components(peak: torch.Tensor, mean_sq: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
-    """phi = peak / sqrt(mean_sq + eps); a zero vector has phi 0, not NaN (VAR.md sec. 1)."""
+    """phi = peak / sqrt(mean_sq + eps); a zero vector has phi 0, not NaN (docs/method.md sec. 1)."""
     rms = torch.sqrt(mean_sq + eps)
     return torch.where(rms > 0, peak / rms.clamp_min(torch.finfo(rms.dtype).tiny), torch.zeros_like(peak))
 
 
 def sink_scores(hidden: torch.Tensor, sink_dims: Sequence[int], eps: float = 0.0) -> torch.Tensor:
-    """phi(x) = max_{d in D_sink} |x[d]| / RMS(x), RMS(x) = sqrt(mean_k x[k]^2 + eps)  (VAR.md sec. 1).
+    """phi(x) = max_{d in D_sink} |x[d]| / RMS(x), RMS(x) = sqrt(mean_k x[k]^2 + eps)  (docs/method.md sec. 1).
 
     ``hidden`` is ``[..., D]`` (e.g. ``[B, T, D]``); returns phi ``[...]`` in float32 (float64 stays float64).
     No learned norm weight enters. The official convention uses ``eps=1e-6`` (:data:`OFFICIAL_RMS_EPS`).
@@ -69,7 +69,7 @@ def _passes_tau(phi: torch.Tensor, tau: torch.Tensor, convention: str) -> torch.
 
 
 def sink_mask(phi: torch.Tensor, config: VARConfig | Sequence[VARConfig]) -> torch.Tensor:
-    """Sink tokens: phi >= tau (paper) or phi > tau (official)  (VAR.md sec. 1 and 4).
+    """Sink tokens: phi >= tau (paper) or phi > tau (official)  (docs/method.md sec. 1 and 4).
 
     ``phi`` is ``[B, T]``; with one config per batch row, row b uses ``configs[b].tau``.
     """
@@ -90,7 +90,7 @@ class RowParams:
     except_last_layer: torch.Tensor
 
     def sinks(self, phi: torch.Tensor) -> torch.Tensor:
-        """[B, T] sink mask for phi [B, T], each row with its own tau (VAR.md sec. 1 and 4)."""
+        """[B, T] sink mask for phi [B, T], each row with its own tau (docs/method.md sec. 1 and 4)."""
         return _passes_tau(phi, self.tau.to(phi.device)[:, None], self.convention)
 
     @property
@@ -160,7 +160,7 @@ def redistribute(
     queries: torch.Tensor,
     config: VARConfig | Sequence[VARConfig] | RowParams,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Visual Attention Redistribution of attention probabilities (VAR.md sections 2-4).
+    """Visual Attention Redistribution of attention probabilities (docs/method.md sections 2-4).
 
     Args:
         attn: ``[B, H, Q, K]`` attention probabilities (rows sum to 1).
@@ -195,7 +195,7 @@ def select_rows(
     n_visual: torch.Tensor,
     has_visual_sink: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Which rows VAR rewrites and by how much, from each row's attention masses (VAR.md sections 2-4).
+    """Which rows VAR rewrites and by how much, from each row's attention masses (docs/method.md sections 2-4).
 
     Masses are ``[B, H, Q]`` probabilities: V (visual), S (visual non-sinks), the sink mass and the visual-sink
     mass; ``queries`` ``[B, Q]`` marks the rows VAR may modify; ``n_visual`` and ``has_visual_sink`` are ``[B]``.

@@ -6,7 +6,7 @@
   own attention. Rows VAR does not touch are delegated to the model's original attention function (SDPA or eager),
   so a disabled patch reproduces the unpatched model exactly; the few rows VAR may modify (text after the image,
   generated tokens) are computed with explicit probabilities and rewritten by :func:`var_core.ops.redistribute`;
-* a forward pre-hook on every decoder layer that records the sink-score components of prompt tokens (VAR.md sec. 1);
+* a forward pre-hook on every decoder layer that records the sink-score components of prompt tokens (docs/method.md sec. 1);
 * a forward pre/post hook on the multimodal backbone that finds image positions from the image token id and
   threads a per-sequence :class:`VARState` through the forward as the keyword ``var_state``.
 

@@ -1,4 +1,4 @@
-"""Sink dimensions D_sink: a property of the base LLM (VAR.md section 1), plus discovery for other models.
+"""Sink dimensions D_sink: a property of the base LLM (docs/method.md section 1), plus discovery for other models.
 
 Resolution order for a model (:func:`find_sink_dims`): an explicit argument; ``sink_dims`` recorded in the text
 config (by :func:`record_sink_dims`: given by the user, discovered, or planted in a test model), with the
@@ -29,7 +29,7 @@ __all__ = [
     "SinkDimsDiscovery",
 ]
 
-# Base LLM -> sink dimensions (VAR.md section 1; the paper's Table/Fig. of massive activations).
+# Base LLM -> sink dimensions (docs/method.md section 1; the paper's Table/Fig. of massive activations).
 SINK_DIMS: dict[str, tuple[int, ...]] = {
     "llama-2-7b": (1415, 2533),  # also Vicuna-7B v1.5, its fine-tune
     "llama-2-13b": (2100, 4743),  # also Vicuna-13B v1.5
@@ -37,7 +37,7 @@ SINK_DIMS: dict[str, tuple[int, ...]] = {
     "internlm2.5-7b": (3584,),  # InternVL2-8B's LLM
 }
 
-# Hub ids -> base LLM (lower-cased): the models VAR.md names, in their original and HF formats.
+# Hub ids -> base LLM (lower-cased): the models docs/method.md names, in their original and HF formats.
 BASE_LLM_BY_MODEL: dict[str, str] = {
     "llava-hf/llava-1.5-7b-hf": "llama-2-7b",
     "liuhaotian/llava-v1.5-7b": "llama-2-7b",
@@ -104,7 +104,7 @@ def find_sink_dims(model: nn.Module, sink_dims: Sequence[int] | None = None) -> 
         found = SinkDims(tuple(int(d) for d in text_config.sink_dims), str(recorded))
     elif name.lower() in BASE_LLM_BY_MODEL:
         base = BASE_LLM_BY_MODEL[name.lower()]
-        found = SinkDims(SINK_DIMS[base], f"hub id {name} -> {base} (VAR.md sec. 1)")
+        found = SinkDims(SINK_DIMS[base], f"hub id {name} -> {base} (docs/method.md sec. 1)")
     elif _shape_key(text_config) in _BASE_LLM_BY_SHAPE:
         base = _BASE_LLM_BY_SHAPE[_shape_key(text_config)]
         shape = _shape_key(text_config)
@@ -160,7 +160,7 @@ def discover_sink_dims(
     min_score: float = 6.0,
     max_dims: int = 4,
 ) -> SinkDimsDiscovery:
-    """Find D_sink for a model not in :data:`SINK_DIMS` (VAR.md section 1).
+    """Find D_sink for a model not in :data:`SINK_DIMS` (docs/method.md section 1).
 
     For each prompt in ``inputs`` (processor outputs), run the model with ``output_hidden_states=True`` and take
     the first token (BOS, or the first real token under left padding) of every layer ``l >= first_layer``; its

@@ -307,7 +307,8 @@ class WorkerPool:
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device={device!r} is not 'cpu' or 'cuda'")
         bundle = {"CPU": 1.0, "GPU": 1.0} if device == "cuda" else {"CPU": float(cpus_per_worker)}
-        _check_fits(bundle, workers, ray.cluster_resources(), device, can_grow=can_grow)
+        # the search's trial processes hold one logical CPU together (sweep.tuning)
+        _check_fits(bundle, workers, ray.cluster_resources(), device, can_grow=can_grow, reserved_cpus=1.0)
         self._group = placement_group([bundle] * workers, strategy="SPREAD", name="")
         try:
             ray.get(self._group.ready(), timeout=placement_timeout)
@@ -390,15 +391,22 @@ def _describe(resources: Mapping[str, float]) -> str:
 
 
 def _check_fits(
-    bundle: Mapping[str, float], workers: int, total: Mapping[str, float], device: str, *, can_grow: bool
+    bundle: Mapping[str, float],
+    workers: int,
+    total: Mapping[str, float],
+    device: str,
+    *,
+    can_grow: bool,
+    reserved_cpus: float,
 ) -> None:
-    """Refuse at once what a cluster that cannot grow will never have."""
+    """Refuse at once what a cluster that cannot grow will never have (``reserved_cpus`` stay for the trials)."""
     if can_grow:
         return
     for resource, amount in bundle.items():
-        if amount * workers > total.get(resource, 0.0):
+        available = total.get(resource, 0.0) - (reserved_cpus if resource == "CPU" else 0.0)
+        if amount * workers > available:
             hint = "use --device cpu" if resource == "GPU" else "use fewer --workers or --worker-cpus"
             raise PlacementError(
                 f"{workers} {device} worker(s) need {amount * workers:g} {resource} but this Ray has "
-                f"{total.get(resource, 0.0):g} (and no autoscaler): {hint}"
+                f"{available:g} for workers (and no autoscaler): {hint}"
             )

@@ -101,7 +101,7 @@ class ModelLoadError(VarsweepError, ValueError):
 
 @dataclass(frozen=True)
 class TinyShape:
-    """Sizes of a tiny preset's text model. hidden >= 512 lets phi reach tau = 20 (phi <= sqrt(D), VAR.md sec. 7)."""
+    """Sizes of a tiny preset's text model. hidden >= 512 lets phi reach tau = 20 (phi <= sqrt(D), docs/method.md sec. 7)."""
 
     hidden: int = 768
     layers: int = 4
@@ -587,7 +587,7 @@ class PlantedSinks:
     Adds ``magnitude * weights[i]`` in ``dims[i]`` to the input embedding of every token whose id is in
     ``token_ids`` and of the image tokens at ``image_positions`` (0-based, counted within each row's image tokens),
     before the first decoder layer; the residual stream then carries them through every layer, as the massive
-    activations of real LLMs are carried (VAR.md sec. 1). Remove with :meth:`remove`.
+    activations of real LLMs are carried (docs/method.md sec. 1). Remove with :meth:`remove`.
     """
 
     def __init__(

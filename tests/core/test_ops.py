@@ -1,4 +1,4 @@
-"""The pure VAR math against a row-by-row transcription of ../shared/VAR.md sections 2-4."""
+"""The pure VAR math against a row-by-row transcription of docs/method.md sections 2-4."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from var_core.ops import row_params
 
 
 def reference_row(a: list[float], visual: list[bool], sinks: list[bool], cfg: VARConfig) -> tuple[list[float], bool]:
-    """One attention row, straight from VAR.md (loops, floats): returns (new row, selected)."""
+    """One attention row, straight from docs/method.md (loops, floats): returns (new row, selected)."""
     V = sum(x for x, v in zip(a, visual, strict=True) if v)
     if V < cfg.summ or V == 0:
         return list(a), False

@@ -1,4 +1,4 @@
-"""How sink dimensions are found, and that the way they were found is said (VAR.md sec. 1)."""
+"""How sink dimensions are found, and that the way they were found is said (docs/method.md sec. 1)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_hub_id_in_the_table_says_so_without_warning():
         warnings.simplefilter("error")
         found = find_sink_dims(model)
     assert found.dims == SINK_DIMS["llama-2-7b"] and not found.assumed
-    assert found.source == "hub id llava-hf/llava-1.5-7b-hf -> llama-2-7b (VAR.md sec. 1)"
+    assert found.source == "hub id llava-hf/llava-1.5-7b-hf -> llama-2-7b (docs/method.md sec. 1)"
 
 
 def test_shape_only_match_warns_and_names_the_assumption():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -16,53 +15,22 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
-from services import REPO, MlflowServer, ThrowawayPostgres, postgres_database, wait_until
+from services import (
+    BASE_ENV,
+    REPO,
+    SAMPLE,
+    STUDY,
+    MlflowServer,
+    Sweep,
+    ThrowawayPostgres,
+    postgres_database,
+    sweep_args,
+    wait_until,
+)
 
 from sweep.store import Store
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(900)]
-
-SAMPLE = REPO / "examples" / "mmvp-sample"
-STUDY = "tiny-llava:mmvp:paper"
-BASE_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("VARSWEEP_", "MLFLOW_", "RAY_ADDRESS"))} | {
-    "PYTHONUNBUFFERED": "1",
-    "HF_HUB_OFFLINE": "1",  # no hub here: a model name that is not local fails at once
-}
-
-
-class Sweep:
-    """``python sweep/main.py`` in a working folder of its own, output captured to a file."""
-
-    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.workdir = workdir
-        self.log = workdir / "sweep.log"
-        self._log_file = self.log.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, str(REPO / "sweep" / "main.py"), *args],
-            cwd=workdir, env=BASE_ENV | (env or {}), stdout=self._log_file, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for(self, pattern: str, timeout: float = 300) -> None:
-        def seen() -> bool:
-            if self.process.poll() is not None and not re.search(pattern, self.text()):
-                raise AssertionError(f"sweep exited ({self.process.returncode}) before {pattern!r}:\n{self.text()[-3000:]}")
-            return re.search(pattern, self.text()) is not None
-
-        wait_until(seen, timeout=timeout, what=f"log line {pattern!r}", interval=0.1)
-
-    def finish(self, timeout: float = 600) -> int:
-        code = self.process.wait(timeout=timeout)
-        self._log_file.close()
-        return code
-
-
-def sweep_args(trials: int, *extra: str) -> list[str]:
-    return ["--task", "mmvp", "--data-dir", str(SAMPLE), "--trials", str(trials), *extra]
-
 
 def study_trials(url: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=STUDY, storage=url).get_trials()
@@ -184,7 +152,7 @@ def test_sigint_mid_batch_stops_cleanly_and_a_rerun_resumes(tmp_path):
     sweep.process.send_signal(signal.SIGINT)
     assert sweep.finish(timeout=120) == 130, sweep.text()[-3000:]
     log = sweep.text()
-    assert "interrupted: the study is consistent" in log and "Traceback" not in log
+    assert "interrupted (SIGINT): the study is consistent" in log and "Traceback" not in log
     wait_until(lambda: not worker_pids(), timeout=30, what="workers stopped")
     db = f"sqlite:///{workdir / 'varsweep.db'}"
     states = {t.state for t in study_trials(db)}
@@ -359,7 +327,7 @@ def test_database_password_never_reaches_logs_or_mlflow(tmp_path):
         for run in runs:
             blob = json.dumps({"params": run.data.params, "tags": run.data.tags})
             assert secret not in blob
-        parent = next(r for r in runs if r.data.tags.get("varsweep.kind") == "sweep")
+        parent = next(r for r in runs if r.data.tags.get("varsweep.kind") == "study")
         assert "***" in parent.data.tags["settings.database"]
         (row,) = Store(url).best()
         assert secret not in json.dumps(row.to_dict(), default=str)

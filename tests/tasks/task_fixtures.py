@@ -1,4 +1,4 @@
-"""Writers of small benchmark folders in each task's real on-disk format (TASKS.md section 8)."""
+"""Writers of small benchmark folders in each task's real on-disk format (docs/tasks.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Answer parsers and standard errors, on hand-computed cases (TASKS.md section 8)."""
+"""Answer parsers and standard errors, on hand-computed cases (docs/tasks.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What every task promises: the TASKS.md table row, frozen examples, prompts per family, strict scoring."""
+"""What every task promises: the docs/tasks.md table row, frozen examples, prompts per family, strict scoring."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from workers.tasks import (
 )
 from workers.tasks._base import LLAVA_SYSTEM
 
-# TASKS.md top table: group, headline metric, direction, answer mode.
+# docs/tasks.md top table: group, headline metric, direction, answer mode.
 TABLE = {
     "mmvp": ("vision-centric", "pair_accuracy", "maximize", "options"),
     "pope": ("hallucination", "f1", "maximize", "options"),

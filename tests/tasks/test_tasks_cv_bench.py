@@ -1,4 +1,4 @@
-"""CV-Bench: jsonl + img/ and parquet, the card's source-balanced formula, bad rows (TASKS.md sec. 3, 8)."""
+"""CV-Bench: jsonl + img/ and parquet, the card's source-balanced formula, bad rows (docs/tasks.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MMVP: loader in both formats, bad rows, the lmms-eval corrections, the scorer (TASKS.md sec. 1, 8)."""
+"""MMVP: loader in both formats, bad rows, the lmms-eval corrections, the scorer (docs/tasks.md)."""
 
 from __future__ import annotations
 

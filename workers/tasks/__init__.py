@@ -1,11 +1,11 @@
 """Benchmark tasks for varsweep: data + prompt + scorer, behind one registry.
 
 >>> from workers.tasks import get_task
->>> task = get_task("pope", "../shared/data/pope", split="random")     # doctest: +SKIP
+>>> task = get_task("pope", "tests/data/pope", split="random")         # doctest: +SKIP
 >>> task.metric, task.direction, len(task.examples)                     # doctest: +SKIP
 ('f1', 'maximize', 2910)
 
-Formats, prompts and scoring follow ../shared/TASKS.md; docs/tasks.md lists each task's layout and choices.
+docs/tasks.md lists each task's layout, prompt, scoring and where it departs from the reference implementations.
 """
 
 from workers.tasks._base import Example, ImageRef, Task, TaskSpec, render_prompt

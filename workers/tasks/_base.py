@@ -153,7 +153,7 @@ class Example:
 
 @dataclass(frozen=True, kw_only=True)
 class TaskSpec:
-    """What a task is, independent of its data: the TASKS.md table row."""
+    """What a task is, independent of its data: the docs/tasks.md table row."""
 
     name: str
     group: str

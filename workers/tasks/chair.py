@@ -1,7 +1,7 @@
-"""CHAIR: object hallucination in generated image descriptions (TASKS.md section 4).
+"""CHAIR: object hallucination in generated image descriptions (docs/tasks.md).
 
 Prompt: ``Please describe this image in detail.``, generated with ``max_new_tokens`` fixed per sweep (default
-512, shikiw/OPERA:chair_eval.py; CHAIR_i is very length-sensitive, TASKS.md section 7).
+512, shikiw/OPERA:chair_eval.py; CHAIR_i is very length-sensitive, docs/tasks.md).
 
 Data (``data_dir`` directly holds it), one of two layouts:
 

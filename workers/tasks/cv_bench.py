@@ -1,4 +1,4 @@
-"""CV-Bench (nyu-visionx/CV-Bench): 2D and 3D multiple-choice questions (TASKS.md section 3).
+"""CV-Bench (nyu-visionx/CV-Bench): 2D and 3D multiple-choice questions (docs/tasks.md).
 
 Data: ``data_dir`` directly holds, per split, ``test_2d.jsonl`` / ``test_3d.jsonl`` with the images under
 ``img/`` (each row's ``filename``), or ``test_2d.parquet`` / ``test_3d.parquet`` with the image in column

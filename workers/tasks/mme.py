@@ -1,4 +1,4 @@
-"""MME: yes/no questions, two per image, in 14 categories (TASKS.md section 6).
+"""MME: yes/no questions, two per image, in 14 categories (docs/tasks.md).
 
 Data: ``data_dir`` directly holds the category folders of ``MME_Benchmark_release_version``. Five categories
 (artwork, celebrity, landmark, posters, scene) keep images in ``images/`` and questions in

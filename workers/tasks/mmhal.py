@@ -1,4 +1,4 @@
-"""MMHal-Bench: 96 open questions judged 0..6 by a language model (TASKS.md section 5).
+"""MMHal-Bench: 96 open questions judged 0..6 by a language model (docs/tasks.md).
 
 Data: ``data_dir`` directly holds ``response_template.json`` (a list of records with ``question_type``,
 ``question_topic``, ``image_id``, ``image_src``, ``image_content``, ``question``, ``gt_answer``; HF

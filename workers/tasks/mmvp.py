@@ -1,4 +1,4 @@
-"""MMVP: 300 two-option questions in 150 pairs (TASKS.md section 1).
+"""MMVP: 300 two-option questions in 150 pairs (docs/tasks.md).
 
 Data (``data_dir`` directly holds it), told apart by what is there:
 

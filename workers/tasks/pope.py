@@ -1,7 +1,7 @@
-"""POPE: yes/no object-existence questions in three splits (TASKS.md section 2).
+"""POPE: yes/no object-existence questions in three splits (docs/tasks.md).
 
 Data: ``data_dir`` directly holds ``coco_pope_{random,popular,adversarial}.json`` (JSON Lines despite
-``.json``, AoiDragon/POPE:output/coco/*; ../shared/data/pope has them at the commit LLaVA's numbers use).
+``.json``, AoiDragon/POPE:output/coco/*; tests/data/pope has them at the commit LLaVA's numbers use).
 ``dataset="aokvqa"`` or ``"gqa"`` reads the seem-style ``{dataset}_pope_seem_{split}.json`` files instead (one
 JSON array each, AoiDragon/POPE:output/seem/*); both file shapes are accepted whatever their name. Each record
 has ``question_id``, ``image``, ``text``, ``label`` (yes/no). Images live elsewhere: ``image_dir`` (default

@@ -1,4 +1,4 @@
-"""Short-answer VQA: VQAv2, VizWiz (VQA soft accuracy) and GQA (exact match) (TASKS.md section 6).
+"""Short-answer VQA: VQAv2, VizWiz (VQA soft accuracy) and GQA (exact match) (docs/tasks.md).
 
 All three generate at most 16 new tokens (lmms-eval's setting) after LLaVA-1.5's short-answer prompt
 ``{question}\\nAnswer the question using a single word or phrase.`` (LLaVA:docs/Evaluation.md); VizWiz adds
