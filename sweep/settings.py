@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     mlflow_timeout: float = 5.0
     connect_timeout: float = 15.0
     outage_timeout: float = 600.0
+    placement_timeout: float = 600.0
 
     @field_validator("database_url", "optuna_url")
     @classmethod
