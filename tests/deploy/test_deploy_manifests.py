@@ -14,6 +14,7 @@ import re
 import shlex
 import socket
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -38,20 +39,55 @@ OPTUNA_URL = "VARSWEEP_OPTUNA_URL"
 TRACKING_URI = "MLFLOW_TRACKING_URI"
 VARSWEEP_ENV = {DATABASE_URL, OPTUNA_URL}
 SECRET_ONLY_ENV = {DATABASE_URL, OPTUNA_URL, "MLFLOW_BACKEND_STORE_URI", "POSTGRES_PASSWORD"}
-# sweep/main.py flags (DESIGN.md): the RayJob entrypoint may use these only.
-CLI_FLAGS = {
-    "--task",
-    "--model",
-    "--trials",
-    "--workers",
-    "--data-dir",
-    "--limit",
-    "--study",
-    "--holdout",
-    "--seed",
-    "--metric",
-    "--convention",
+PYPROJECT = REPO / "pyproject.toml"
+GPU_REGISTRY_IMAGE = "registry.example.com/varsweep"
+
+# Environment variables the manifests set on purpose that are not varsweep settings (sweep/settings.py reads the
+# VARSWEEP_* names and MLFLOW_TRACKING_URI / RAY_ADDRESS): each with the reason it is set. Anything else a container
+# gets is a typo or a leftover. test_library_env_allow_list_has_no_stale_entry keeps this list honest.
+LIBRARY_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "mlflow client: bounded retries, so an unreachable server fails in seconds "
+    "and the sweep spools instead of stalling its trials (ECOSYSTEM.md)",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "mlflow client: the same bound",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "mlflow client: the same bound, per request",
+    "MLFLOW_BACKEND_STORE_URI": "mlflow server: --backend-store-uri from the environment (the password stays off "
+    "the process list)",
+    "HF_HOME": "huggingface_hub/transformers: the shared cache on the varsweep-models volume",
+    "HF_HUB_OFFLINE": "huggingface_hub: the offline switch (no Hub call; load from HF_HOME only)",
+    "HF_TOKEN": "huggingface_hub: optional token for gated checkpoints, from the optional Secret varsweep-hf",
+    "RAY_USAGE_STATS_ENABLED": "ray: no usage reporting from clusters that often have no egress",
+    "POSTGRES_USER": "postgres image: the superuser it creates on first start",
+    "POSTGRES_PASSWORD": "postgres image: that user's password",
+    "POSTGRES_DB": "postgres image: the database it creates (the store's and the study's)",
+    "PGDATA": "postgres image: data directory below the volume root (initdb refuses lost+found)",
 }
+
+
+def cli_parser():
+    """The sweep CLI's own argparse parser (sweep.cli.build_parser): what `python sweep/main.py` accepts."""
+    from sweep.cli import build_parser
+
+    return build_parser()
+
+
+def parse_entrypoint(entrypoint: str):
+    """Parse a `python sweep/main.py ...` command line with the real parser; fail the test on what it rejects."""
+    argv = shlex.split(entrypoint)
+    assert argv[:2] == ["python", "sweep/main.py"], f"not a sweep command: {entrypoint}"
+    parser = cli_parser()
+    options = {s for action in parser._actions for s in action.option_strings}
+    # argparse accepts unambiguous abbreviations (--dev for --device): a manifest spells flags out in full, so that
+    # a new flag can never make its line ambiguous.
+    spelled = {a.split("=", 1)[0] for a in argv[2:] if a.startswith("--")}
+    assert spelled <= options, f"not flags of sweep/main.py (abbreviated or unknown): {spelled - options}"
+    try:
+        return parser.parse_args(argv[2:])
+    except Exception as e:  # the CLI raises its CLIUsageError instead of exiting
+        pytest.fail(f"sweep/main.py rejects {entrypoint!r}: {e}")
+
+
+def project_version() -> str:
+    return tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]["version"]
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -398,19 +434,36 @@ def test_rayjob_targets_the_rendered_raycluster(rendered, name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_rayjob_entrypoint_is_the_cli_contract(rendered, name):
-    entrypoint = one(rendered[name], "RayJob", "varsweep-mmvp")["spec"]["entrypoint"]
+    docs = rendered[name]
+    entrypoint = one(docs, "RayJob", "varsweep-mmvp")["spec"]["entrypoint"]
     argv = shlex.split(entrypoint)
     assert argv[:3] == ["python", "sweep/main.py", "--task"] and re.fullmatch(r"[a-z0-9_-]+", argv[3]), (
         entrypoint
     )
-    flags = {a.split("=", 1)[0] for a in argv[2:] if a.startswith("-")}
-    assert flags <= CLI_FLAGS, f"unknown sweep/main.py flags: {flags - CLI_FLAGS}"
-    if "--data-dir" in argv:
-        data_dir = argv[argv.index("--data-dir") + 1]
-        for where, c in ray_containers(rendered[name]):
+    assert (REPO / argv[1]).is_file(), "the entrypoint runs the repository's sweep/main.py from /app"
+    args = parse_entrypoint(entrypoint)
+    assert args.task == argv[3]
+    if args.data_dir:
+        for where, c in ray_containers(docs):
             assert any(
-                data_dir.startswith(m["mountPath"].rstrip("/") + "/") for m in c.get("volumeMounts", [])
-            ), f"{where} does not mount {data_dir}"
+                args.data_dir.startswith(m["mountPath"].rstrip("/") + "/") for m in c.get("volumeMounts", [])
+            ), f"{where} does not mount {args.data_dir}"
+    # The device the sweep is told to use is the one its worker groups offer: a GPU sweep must say --device cuda
+    # (with groups that scale from zero, `auto` sees no GPU at start and loads the model on CPU), a CPU cluster
+    # must not ask for GPUs (the driver would wait for them and fail).
+    (cluster,) = objects(docs, "RayCluster")
+    groups = cluster["spec"]["workerGroupSpecs"]
+    gpus_per_pod = [
+        max([int(a) for a in gpu_amounts(g["template"]["spec"]["containers"][0])] or [0]) for g in groups
+    ]
+    if any(gpus_per_pod):
+        assert args.device == "cuda", f"{name}: GPU worker groups, so the entrypoint needs --device cuda"
+        # --workers defaults to the GPUs present at start (none, when scaling from zero): it must be explicit,
+        # and the groups must be able to grow to that many GPUs.
+        capacity = sum(n * g["maxReplicas"] for n, g in zip(gpus_per_pod, groups, strict=True))
+        assert args.workers is not None and args.workers <= capacity, (args.workers, capacity)
+    else:
+        assert args.device == "cpu", f"{name}: no GPU worker group, so the entrypoint says --device cpu"
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -657,7 +710,8 @@ def test_gpu_only_where_asked(rendered, name):
 def test_dev_is_small(rendered):
     docs = rendered["dev"]
     (cluster,) = objects(docs, "RayCluster")
-    assert [g["replicas"] for g in cluster["spec"]["workerGroupSpecs"]] == [1]
+    # one worker at most, scaled from zero while a sweep runs
+    assert [(g["minReplicas"], g["maxReplicas"]) for g in cluster["spec"]["workerGroupSpecs"]] == [(0, 1)]
     for where, c in all_containers(docs):
         memory = c["resources"]["limits"]["memory"]
         assert memory.endswith(("Mi", "Gi")) and (memory.endswith("Mi") or int(memory[:-2]) <= 4), where
@@ -668,7 +722,12 @@ def test_dev_is_small(rendered):
 def test_one_varsweep_image_and_ray_version(rendered, name):
     docs = rendered[name]
     images = {c["image"] for _, c in all_containers(docs) if not c["image"].startswith("postgres:")}
-    assert images == {"varsweep:latest-cuda" if name == "gpu" else "varsweep:latest"}
+    # Pinned to the project's version (pyproject.toml); the GPU image comes from a registry, in its CUDA variant.
+    version = project_version()
+    assert images == {f"{GPU_REGISTRY_IMAGE}:{version}-cuda" if name == "gpu" else f"varsweep:{version}"}, (
+        "bump the image tags in deploy/k8s (base, overlays/dev, components/gpu) and deploy/README.md together "
+        "with pyproject.toml's version"
+    )
     (cluster,) = objects(docs, "RayCluster")
     constraints = REPO / "constraints.txt"
     if constraints.exists():
