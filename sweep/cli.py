@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="total trials of the study, counting the baseline and the paper's defaults (default 20)")  # fmt: skip
     run.add_argument("--workers", type=_positive_int, default=None,
                      help="model workers (default: one per GPU, else 1)")  # fmt: skip
+    run.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                     help="where the model workers run: cuda = one GPU each (num_gpus=1), waiting up to "
+                          "VARSWEEP_PLACEMENT_TIMEOUT seconds for the cluster (or its autoscaler) to offer them; "
+                          "cpu = CPU workers; auto = cuda when the cluster has GPUs at start, else cpu "
+                          "(default auto)")  # fmt: skip
     run.add_argument("--batch", type=_positive_int, default=16,
                      help="configurations evaluated together per worker call, i.e. trials run at once (default "
                           "16; fewer gives TPE more feedback per proposal, more keeps the workers busier)")  # fmt: skip
@@ -91,9 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=True,
                      help="a new study first tries the stored best settings of this model on other tasks and of "
                           "this task on other models (default on)")  # fmt: skip
-    run.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                     help="cuda: one GPU per worker, waiting up to VARSWEEP_PLACEMENT_TIMEOUT for a cluster that "
-                          "scales; cpu; auto: cuda when the cluster has GPUs now (default auto)")  # fmt: skip
     dims = run.add_mutually_exclusive_group()
     dims.add_argument("--sink-dims", type=_dims, metavar="D1,D2",
                       help="the model's sink dimensions (default: the base LLM's, from var_core's table)")  # fmt: skip

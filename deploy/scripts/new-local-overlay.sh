@@ -78,11 +78,12 @@ secretGenerator:
       # custom resources, so no hash suffix.
       disableNameSuffixHash: true
 
-# Your registry and tag (uncomment):
+# Your registry and a pinned tag, never :latest (uncomment); the gpu overlay expects the CUDA variant, e.g.
+# "0.1.0-cuda". Pods pull it with imagePullPolicy IfNotPresent: publish new code under a new tag.
 # images:
 #   - name: varsweep
 #     newName: registry.example.com/varsweep
-#     newTag: "<git sha>"
+#     newTag: "<version or git sha>"
 EOF
 echo "wrote $out/ (kustomization.yaml, secrets.env) on top of overlays/$overlay"
 echo "next: kubectl apply -k $out"

@@ -196,3 +196,39 @@ def test_image_runs_the_cli_from_its_workdir_as_non_root(parsed):
     )
     assert "runAsUser: 1000" in manifests and users[-1].split(":")[0] == "1000"
     assert "/app/deploy/scripts/wait_for_db.py" in manifests
+
+
+def test_git_commit_build_arg_becomes_the_env_the_code_reads(parsed):
+    final = stages(parsed)["__final__"]["body"]
+    keywords = [kw for kw, _ in final]
+    args = [i for i, (kw, rest) in enumerate(final) if kw == "ARG" and rest.split("=")[0] == "GIT_COMMIT"]
+    envs = [
+        i for i, (kw, rest) in enumerate(final) if kw == "ENV" and "VARSWEEP_GIT_COMMIT=${GIT_COMMIT}" in rest
+    ]
+    assert args and envs and args[0] < envs[0], "ARG GIT_COMMIT, then ENV VARSWEEP_GIT_COMMIT=${GIT_COMMIT}"
+    # after the installs: a new commit must not invalidate the dependency layers
+    assert args[0] > max(i for i, kw in enumerate(keywords) if kw == "RUN")
+    assert "VARSWEEP_GIT_COMMIT" in (REPO / "sweep" / "service.py").read_text(encoding="utf-8")
+    labels = " ".join(rest for kw, rest in final if kw == "LABEL")
+    assert 'org.opencontainers.image.revision="${GIT_COMMIT}"' in labels
+
+
+def test_image_installs_the_projects_dependencies(parsed):
+    runs = " ".join(rest for kw, rest in stages(parsed)["__final__"]["body"] if kw == "RUN")
+    assert "['project']['dependencies']" in runs, "the dependency layer comes from pyproject.toml itself"
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    deps = " ".join(pyproject["project"]["dependencies"])
+    # what the manifests run from the image: the Jobs API and the autoscaler (ray[default]), Tune, mlflow server,
+    # the Postgres driver
+    for needed in ("ray[default", "mlflow", "psycopg", "optuna"):
+        assert needed in deps, needed
+
+
+def test_dockerfile_build_commands_use_the_pinned_tags():
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    version = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+    tags = re.findall(r"-t\s+(\S+)", text)
+    assert tags and set(tags) == {f"varsweep:{version}", f"registry.example.com/varsweep:{version}-cuda"}, (
+        tags
+    )
+    assert ":latest" not in text.replace("never :latest", "")

@@ -10,10 +10,12 @@ import fnmatch
 import functools
 import hashlib
 import importlib.util
+import os
 import re
 import shlex
 import socket
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -38,20 +40,55 @@ OPTUNA_URL = "VARSWEEP_OPTUNA_URL"
 TRACKING_URI = "MLFLOW_TRACKING_URI"
 VARSWEEP_ENV = {DATABASE_URL, OPTUNA_URL}
 SECRET_ONLY_ENV = {DATABASE_URL, OPTUNA_URL, "MLFLOW_BACKEND_STORE_URI", "POSTGRES_PASSWORD"}
-# sweep/main.py flags (DESIGN.md): the RayJob entrypoint may use these only.
-CLI_FLAGS = {
-    "--task",
-    "--model",
-    "--trials",
-    "--workers",
-    "--data-dir",
-    "--limit",
-    "--study",
-    "--holdout",
-    "--seed",
-    "--metric",
-    "--convention",
+PYPROJECT = REPO / "pyproject.toml"
+GPU_REGISTRY_IMAGE = "registry.example.com/varsweep"
+
+# Environment variables the manifests set on purpose that are not varsweep settings (sweep/settings.py reads the
+# VARSWEEP_* names and MLFLOW_TRACKING_URI / RAY_ADDRESS): each with the reason it is set. Anything else a container
+# gets is a typo or a leftover. test_library_env_allow_list_has_no_stale_entry keeps this list honest.
+LIBRARY_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "mlflow client: bounded retries, so an unreachable server fails in seconds "
+    "and the sweep spools instead of stalling its trials (ECOSYSTEM.md)",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "mlflow client: the same bound",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "mlflow client: the same bound, per request",
+    "MLFLOW_BACKEND_STORE_URI": "mlflow server: --backend-store-uri from the environment (the password stays off "
+    "the process list)",
+    "HF_HOME": "huggingface_hub/transformers: the shared cache on the varsweep-models volume",
+    "HF_HUB_OFFLINE": "huggingface_hub: the offline switch (no Hub call; load from HF_HOME only)",
+    "HF_TOKEN": "huggingface_hub: optional token for gated checkpoints, from the optional Secret varsweep-hf",
+    "RAY_USAGE_STATS_ENABLED": "ray: no usage reporting from clusters that often have no egress",
+    "POSTGRES_USER": "postgres image: the superuser it creates on first start",
+    "POSTGRES_PASSWORD": "postgres image: that user's password",
+    "POSTGRES_DB": "postgres image: the database it creates (the store's and the study's)",
+    "PGDATA": "postgres image: data directory below the volume root (initdb refuses lost+found)",
 }
+
+
+def cli_parser():
+    """The sweep CLI's own argparse parser (sweep.cli.build_parser): what `python sweep/main.py` accepts."""
+    from sweep.cli import build_parser
+
+    return build_parser()
+
+
+def parse_entrypoint(entrypoint: str):
+    """Parse a `python sweep/main.py ...` command line with the real parser; fail the test on what it rejects."""
+    argv = shlex.split(entrypoint)
+    assert argv[:2] == ["python", "sweep/main.py"], f"not a sweep command: {entrypoint}"
+    parser = cli_parser()
+    options = {s for action in parser._actions for s in action.option_strings}
+    # argparse accepts unambiguous abbreviations (--dev for --device): a manifest spells flags out in full, so that
+    # a new flag can never make its line ambiguous.
+    spelled = {a.split("=", 1)[0] for a in argv[2:] if a.startswith("--")}
+    assert spelled <= options, f"not flags of sweep/main.py (abbreviated or unknown): {spelled - options}"
+    try:
+        return parser.parse_args(argv[2:])
+    except Exception as e:  # the CLI raises its CLIUsageError instead of exiting
+        pytest.fail(f"sweep/main.py rejects {entrypoint!r}: {e}")
+
+
+def project_version() -> str:
+    return tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]["version"]
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -157,6 +194,53 @@ def gpu_amounts(container: dict) -> list[str]:
         for section in (res.get("requests") or {}, res.get("limits") or {})
         if "nvidia.com/gpu" in section
     ]
+
+
+def env_value(container: dict, docs: list[dict], var: str) -> str | None:
+    """The literal value of a container's env var when it comes from a value or a ConfigMap; None otherwise."""
+    source = effective_env(container, docs).get(var)
+    if source is None:
+        return None
+    if "value" in source:
+        return str(source["value"])
+    if "configMap" in source:
+        cm_name, key = source["configMap"]
+        return str(one(docs, "ConfigMap", cm_name)["data"][key])
+    return None
+
+
+def mount_for(container: dict, path: str) -> dict | None:
+    """The volume mount that holds `path` in a container (the longest matching mountPath)."""
+    found = [
+        m
+        for m in container.get("volumeMounts", [])
+        if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")
+    ]
+    return max(found, key=lambda m: len(m["mountPath"]), default=None)
+
+
+def claim_of(template: dict, volume_name: str) -> str | None:
+    for v in template["spec"].get("volumes", []):
+        if v["name"] == volume_name:
+            return (v.get("persistentVolumeClaim") or {}).get("claimName")
+    return None
+
+
+def image_tag(image: str) -> str | None:
+    """The tag (or digest) of an image reference; None when it has neither (which means :latest)."""
+    if "@" in image:
+        return image.split("@", 1)[1]
+    last = image.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else None
+
+
+def compose(tmp_path: Path, body: str) -> Path:
+    """A throwaway kustomization in tmp_path; {k8s} is replaced by the relative path to deploy/k8s."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    k8s = Path(os.path.relpath(K8S, overlay)).as_posix()
+    (overlay / "kustomization.yaml").write_text(body.replace("{k8s}", k8s), encoding="utf-8")
+    return overlay
 
 
 # ------------------------------------------------------------------------------------- render + structure
@@ -383,6 +467,70 @@ def test_env_and_volume_references_resolve(rendered, name):
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_every_volume_is_defined_and_used(rendered, name):
+    """Each container mounts only volumes its pod defines, each at one path; each defined volume is mounted."""
+    docs = rendered[name]
+    claim_templates = {
+        f"StatefulSet/{s['metadata']['name']}": {
+            v["metadata"]["name"] for v in s["spec"].get("volumeClaimTemplates", [])
+        }
+        for s in objects(docs, "StatefulSet")
+    }
+    for where, template in all_templates(docs):
+        defined = [v["name"] for v in template["spec"].get("volumes", [])]
+        assert len(defined) == len(set(defined)), f"{where}: a volume name twice"
+        defined_all = set(defined) | claim_templates.get(where, set())
+        mounted = set()
+        for c in containers(template):
+            paths = [m["mountPath"] for m in c.get("volumeMounts", [])]
+            assert len(paths) == len(set(paths)), f"{where}/{c['name']}: two mounts at one path"
+            for m in c.get("volumeMounts", []):
+                assert m["name"] in defined_all, (
+                    f"{where}/{c['name']}: mounts {m['name']}, not defined in its pod"
+                )
+                mounted.add(m["name"])
+        assert set(defined) <= mounted, (
+            f"{where}: volumes defined but never mounted: {set(defined) - mounted}"
+        )
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_ray_pods_mount_what_the_sweep_writes_and_reads(rendered, name):
+    """HF_HOME lies on the shared model-cache volume in every Ray pod; the driver's working folder keeps .varsweep
+    (MLflow spool, Tune's experiment folder) on a volume of the head; data is read-only on the workers."""
+    docs = rendered[name]
+    (cluster,) = objects(docs, "RayCluster")
+    for where, template in pod_templates(cluster):
+        (ray,) = [c for c in containers(template, init=False) if c["name"].startswith("ray-")]
+        hf_home = env_value(ray, docs, "HF_HOME")
+        assert hf_home and hf_home.startswith("/"), f"{where}: HF_HOME is not set to a path"
+        mount = mount_for(ray, hf_home)
+        assert mount, f"{where}: HF_HOME={hf_home} is on the container's own (ephemeral) filesystem"
+        assert claim_of(template, mount["name"]) == "varsweep-models", (
+            f"{where}: HF_HOME is not on varsweep-models"
+        )
+        offline = env_value(ray, docs, "HF_HUB_OFFLINE") == "1"
+        if where.endswith("/head"):
+            assert not mount.get("readOnly"), "the cache is filled through the head"
+            state = mount_for(ray, f"{ray['workingDir'].rstrip('/')}/.varsweep")
+            assert state and claim_of(template, state["name"]) == "varsweep-state", (
+                "the driver runs in the head's workingDir and writes ./.varsweep there: it must be a volume"
+            )
+            assert not state.get("readOnly")
+        else:
+            # online, a worker downloads a checkpoint into the shared cache; offline it only reads it
+            assert bool(mount.get("readOnly")) == offline, (
+                f"{where}: models mount readOnly={mount.get('readOnly')}"
+            )
+            data = mount_for(ray, "/data")
+            assert data and data.get("readOnly"), f"{where}: workers only read the benchmark data"
+    pvcs = {p["metadata"]["name"]: p for p in objects(docs, "PersistentVolumeClaim")}
+    assert pvcs["varsweep-state"]["spec"]["accessModes"] == ["ReadWriteOnce"], (
+        "one writer: the driver on the head"
+    )
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_rayjob_targets_the_rendered_raycluster(rendered, name):
     docs = rendered[name]
     job = one(docs, "RayJob", "varsweep-mmvp")
@@ -397,20 +545,90 @@ def test_rayjob_targets_the_rendered_raycluster(rendered, name):
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_rayjob_has_a_deadline_and_bounded_submitter_retries(rendered, name):
+    spec = one(rendered[name], "RayJob", "varsweep-mmvp")["spec"]
+    deadline = spec.get("activeDeadlineSeconds")
+    assert isinstance(deadline, int) and deadline > 0, "activeDeadlineSeconds: a positive number of seconds"
+    backoff = (spec.get("submitterConfig") or {}).get("backoffLimit")
+    assert isinstance(backoff, int) and 1 <= backoff <= 5, (
+        "submitterConfig.backoffLimit: a few submitter retries"
+    )
+    assert spec["submissionMode"] == "K8sJobMode", "submitterConfig applies to the submitter Job"
+    if spec.get("clusterSelector"):
+        # KubeRay rejects spec.backoffLimit > 0 in clusterSelector mode, ignores shutdownAfterJobFinishes there and
+        # rejects ttlSecondsAfterFinished without it: none of them may pretend to do something
+        for field in (
+            "backoffLimit",
+            "shutdownAfterJobFinishes",
+            "ttlSecondsAfterFinished",
+            "deletionStrategy",
+        ):
+            assert not spec.get(field), f"{field} does nothing (or is rejected) in clusterSelector mode"
+    submitter = spec["submitterPodTemplate"]["spec"]
+    assert submitter["restartPolicy"] == "Never", "the submitter Job retries by new pods (backoffLimit)"
+    assert len(submitter["containers"]) == 1 and "command" not in submitter["containers"][0], (
+        "KubeRay fills in the submit command of the first container"
+    )
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_worker_groups_scale_from_zero(rendered, name):
+    (cluster,) = objects(rendered[name], "RayCluster")
+    spec = cluster["spec"]
+    assert spec["enableInTreeAutoscaling"] is True
+    options = spec["autoscalerOptions"]
+    assert options["idleTimeoutSeconds"] > 0
+    for section in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(options["resources"][section]), f"autoscaler {section} cpu+memory"
+    for group in spec["workerGroupSpecs"]:
+        assert group["minReplicas"] == 0 and group["maxReplicas"] >= 1, group["groupName"]
+        # the autoscaler owns the count; a `replicas` in the manifest would fight it on every change
+        assert "replicas" not in group, group["groupName"]
+        assert group["template"]["spec"].get("automountServiceAccountToken") is False, (
+            "workers need no API token"
+        )
+    head = spec["headGroupSpec"]["template"]["spec"]
+    # the autoscaler sidecar scales the groups through the Kubernetes API with the head's ServiceAccount
+    assert head.get("automountServiceAccountToken", True) is True, (
+        "the head must mount its ServiceAccount token"
+    )
+    assert "serviceAccountName" not in head, (
+        "KubeRay sets the autoscaler's ServiceAccount (named after the cluster)"
+    )
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_rayjob_entrypoint_is_the_cli_contract(rendered, name):
-    entrypoint = one(rendered[name], "RayJob", "varsweep-mmvp")["spec"]["entrypoint"]
+    docs = rendered[name]
+    entrypoint = one(docs, "RayJob", "varsweep-mmvp")["spec"]["entrypoint"]
     argv = shlex.split(entrypoint)
     assert argv[:3] == ["python", "sweep/main.py", "--task"] and re.fullmatch(r"[a-z0-9_-]+", argv[3]), (
         entrypoint
     )
-    flags = {a.split("=", 1)[0] for a in argv[2:] if a.startswith("-")}
-    assert flags <= CLI_FLAGS, f"unknown sweep/main.py flags: {flags - CLI_FLAGS}"
-    if "--data-dir" in argv:
-        data_dir = argv[argv.index("--data-dir") + 1]
-        for where, c in ray_containers(rendered[name]):
+    assert (REPO / argv[1]).is_file(), "the entrypoint runs the repository's sweep/main.py from /app"
+    args = parse_entrypoint(entrypoint)
+    assert args.task == argv[3]
+    if args.data_dir:
+        for where, c in ray_containers(docs):
             assert any(
-                data_dir.startswith(m["mountPath"].rstrip("/") + "/") for m in c.get("volumeMounts", [])
-            ), f"{where} does not mount {data_dir}"
+                args.data_dir.startswith(m["mountPath"].rstrip("/") + "/") for m in c.get("volumeMounts", [])
+            ), f"{where} does not mount {args.data_dir}"
+    # The device the sweep is told to use is the one its worker groups offer: a GPU sweep must say --device cuda
+    # (with groups that scale from zero, `auto` sees no GPU at start and loads the model on CPU), a CPU cluster
+    # must not ask for GPUs (the driver would wait for them and fail).
+    (cluster,) = objects(docs, "RayCluster")
+    groups = cluster["spec"]["workerGroupSpecs"]
+    gpus_per_pod = [
+        max([int(a) for a in gpu_amounts(g["template"]["spec"]["containers"][0])] or [0]) for g in groups
+    ]
+    if any(gpus_per_pod):
+        assert args.device == "cuda", f"{name}: GPU worker groups, so the entrypoint needs --device cuda"
+        # --workers defaults to the GPUs present at start (none, when scaling from zero): it must be explicit,
+        # and the groups must be able to grow to that many GPUs.
+        capacity = sum(n * g["maxReplicas"] for n, g in zip(gpus_per_pod, groups, strict=True))
+        assert args.workers is not None and args.workers <= capacity, (args.workers, capacity)
+    else:
+        assert args.device == "cpu", f"{name}: no GPU worker group, so the entrypoint says --device cpu"
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -505,6 +723,43 @@ def test_contract_env_names_are_what_the_code_reads():
     if names is None:
         pytest.skip("sweep.settings is not importable")
     assert {DATABASE_URL, OPTUNA_URL, TRACKING_URI, "RAY_ADDRESS"} <= names
+    # what the manifests rely on besides those: components/gpu sets the bound of the wait for GPU workers
+    assert "VARSWEEP_PLACEMENT_TIMEOUT" in names
+
+
+def _env_names_set(docs: list[dict]) -> Iterator[tuple[str, str]]:
+    """(where, name) of every environment variable the manifests give a container (env, envFrom, autoscaler)."""
+    for where, c in all_containers(docs):
+        for var in effective_env(c, docs):
+            yield f"{where}/{c['name']}", var
+    for cluster in objects(docs, "RayCluster"):
+        options = cluster["spec"].get("autoscalerOptions") or {}
+        for var in effective_env(
+            {"env": options.get("env", []), "envFrom": options.get("envFrom", [])}, docs
+        ):
+            yield f"RayCluster/{cluster['metadata']['name']}/autoscaler", var
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_env_var_is_a_setting_or_a_deliberate_library_variable(rendered, name):
+    """Every variable a container gets is one sweep.settings.Settings reads, or on LIBRARY_ENV with its reason."""
+    from sweep.settings import Settings  # noqa: F401  (the real settings: no skip, the check needs them)
+
+    settings = _code_env_names()
+    for where, var in _env_names_set(rendered[name]):
+        assert var in settings or var in LIBRARY_ENV, (
+            f"{where}: {var} is neither a varsweep setting (sweep/settings.py) nor on LIBRARY_ENV"
+        )
+
+
+def test_library_env_allow_list_has_no_stale_entry(rendered, kustomize, tmp_path):
+    offline = compose(tmp_path, "resources: [{k8s}/base]\ncomponents: [{k8s}/components/offline]\n")
+    used = {var for name in ALL for _, var in _env_names_set(rendered[name])}
+    used |= {var for _, var in _env_names_set(kustomize(offline))}
+    assert set(LIBRARY_ENV) <= used, f"LIBRARY_ENV lists names no manifest sets: {set(LIBRARY_ENV) - used}"
+    assert not set(LIBRARY_ENV) & (_code_env_names() or set()), (
+        "a setting of the code is not a library variable"
+    )
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -657,7 +912,8 @@ def test_gpu_only_where_asked(rendered, name):
 def test_dev_is_small(rendered):
     docs = rendered["dev"]
     (cluster,) = objects(docs, "RayCluster")
-    assert [g["replicas"] for g in cluster["spec"]["workerGroupSpecs"]] == [1]
+    # one worker at most, scaled from zero while a sweep runs
+    assert [(g["minReplicas"], g["maxReplicas"]) for g in cluster["spec"]["workerGroupSpecs"]] == [(0, 1)]
     for where, c in all_containers(docs):
         memory = c["resources"]["limits"]["memory"]
         assert memory.endswith(("Mi", "Gi")) and (memory.endswith("Mi") or int(memory[:-2]) <= 4), where
@@ -668,13 +924,58 @@ def test_dev_is_small(rendered):
 def test_one_varsweep_image_and_ray_version(rendered, name):
     docs = rendered[name]
     images = {c["image"] for _, c in all_containers(docs) if not c["image"].startswith("postgres:")}
-    assert images == {"varsweep:latest-cuda" if name == "gpu" else "varsweep:latest"}
+    # Pinned to the project's version (pyproject.toml); the GPU image comes from a registry, in its CUDA variant.
+    version = project_version()
+    assert images == {f"{GPU_REGISTRY_IMAGE}:{version}-cuda" if name == "gpu" else f"varsweep:{version}"}, (
+        "bump the image tags in deploy/k8s (base, overlays/dev, components/gpu) and deploy/README.md together "
+        "with pyproject.toml's version"
+    )
     (cluster,) = objects(docs, "RayCluster")
     constraints = REPO / "constraints.txt"
     if constraints.exists():
         pins = re.findall(r"(?im)^ray(?:\[[^\]]*\])?==([^\s;#]+)", constraints.read_text(encoding="utf-8"))
         if pins:
             assert cluster["spec"]["rayVersion"] == pins[0], "rayVersion must equal the image's Ray"
+
+
+# The pull policy each shipped composition runs with: every tag is pinned and never re-pushed, so a node's copy is the
+# right one (kind: the image loaded with `kind load docker-image`, which a pull would not find; gpu: a multi-GB CUDA
+# image pulled once per node, not at every scale-up from zero).
+PULL_POLICY = {
+    "base": "IfNotPresent",
+    "dev": "IfNotPresent",
+    "gpu": "IfNotPresent",
+    "external-db": "IfNotPresent",
+}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_images_are_pinned_with_an_explicit_pull_policy(rendered, name):
+    docs = rendered[name]
+    for where, c in all_containers(docs):
+        tag = image_tag(c["image"])
+        if tag in (None, "latest"):
+            # Kubernetes defaults the policy to Always for :latest: an image loaded into kind is pulled again
+            assert c.get("imagePullPolicy"), f"{where}: {c['image']} is :latest without an imagePullPolicy"
+        assert tag not in (None, "latest"), f"{where}: {c['image']} is not pinned to a tag"
+        assert c.get("imagePullPolicy") in {"IfNotPresent", "Always", "Never"}, f"{where}: no imagePullPolicy"
+        if c["image"].split(":")[0].endswith("varsweep"):
+            assert c["imagePullPolicy"] == PULL_POLICY[name], where
+    for cluster in objects(docs, "RayCluster"):
+        if cluster["spec"].get("enableInTreeAutoscaling"):
+            # the autoscaler sidecar KubeRay adds runs the head's image
+            assert cluster["spec"]["autoscalerOptions"]["imagePullPolicy"] == PULL_POLICY[name]
+
+
+def test_image_tag_is_pinned_in_one_place_per_composition():
+    """Sources name the image `varsweep` without a tag; only kustomizations' `images:` pin it."""
+    for path in K8S.rglob("*.yaml"):
+        if CRD_DIR in path.parents or "overlays/local" in path.as_posix():
+            continue
+        for match in re.finditer(r"(?m)^\s*-?\s*image:\s*(\S+)", path.read_text(encoding="utf-8")):
+            image = match.group(1).strip("\"'")
+            if image.split(":")[0].endswith("varsweep"):
+                assert image == "varsweep", f"{path.relative_to(REPO)}: {image} (pin tags in `images:`)"
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -731,3 +1032,26 @@ def test_postgres_probes_use_pg_isready(rendered):
     pg = one(rendered["base"], "StatefulSet", "postgres")["spec"]["template"]["spec"]["containers"][0]
     for probe in ("readinessProbe", "livenessProbe"):
         assert "pg_isready" in " ".join(pg[probe]["exec"]["command"])
+
+
+# ------------------------------------------------------------------------------------------ components
+@pytest.mark.parametrize("base", ["overlays/dev", "overlays/gpu"])
+def test_offline_component_switches_the_hub_off_and_the_worker_cache_to_read_only(
+    rendered, kustomize, crd_validators, tmp_path, base
+):
+    overlay = compose(tmp_path, f"resources: [{{k8s}}/{base}]\ncomponents: [{{k8s}}/components/offline]\n")
+    docs = kustomize(overlay)
+    shipped = rendered[base.split("/")[1]]
+    assert {(d["kind"], d["metadata"]["name"]) for d in docs} == {
+        (d["kind"], d["metadata"]["name"]) for d in shipped
+    }
+    assert one(docs, "ConfigMap", "varsweep-config")["data"]["HF_HUB_OFFLINE"] == "1"
+    (cluster,) = objects(docs, "RayCluster")
+    assert _crd_errors(crd_validators, cluster) == []
+    for where, template in pod_templates(cluster):
+        (ray,) = [c for c in containers(template, init=False) if c["name"].startswith("ray-")]
+        mount = mount_for(ray, env_value(ray, docs, "HF_HOME"))
+        assert bool(mount.get("readOnly")) == (not where.endswith("/head")), where
+    # the same composition passes the volume and env checks the shipped overlays pass
+    test_ray_pods_mount_what_the_sweep_writes_and_reads({"offline": docs}, "offline")
+    test_every_env_var_is_a_setting_or_a_deliberate_library_variable({"offline": docs}, "offline")
