@@ -208,7 +208,7 @@ def test_git_commit_build_arg_becomes_the_env_the_code_reads(parsed):
     assert args and envs and args[0] < envs[0], "ARG GIT_COMMIT, then ENV VARSWEEP_GIT_COMMIT=${GIT_COMMIT}"
     # after the installs: a new commit must not invalidate the dependency layers
     assert args[0] > max(i for i, kw in enumerate(keywords) if kw == "RUN")
-    assert "VARSWEEP_GIT_COMMIT" in (REPO / "sweep" / "service.py").read_text(encoding="utf-8")
+    assert "VARSWEEP_GIT_COMMIT" in (REPO / "sweep" / "plan.py").read_text(encoding="utf-8")  # git_commit()
     labels = " ".join(rest for kw, rest in final if kw == "LABEL")
     assert 'org.opencontainers.image.revision="${GIT_COMMIT}"' in labels
 
