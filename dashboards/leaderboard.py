@@ -325,9 +325,9 @@ def _handler(page: Callable[[], str]) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = "python -m dashboards.leaderboard") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m dashboards.leaderboard",
+        prog=prog,
         description="Write (or serve) an HTML leaderboard of the best VAR settings in the varsweep store.",
     )
     parser.add_argument(
@@ -348,17 +348,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m dashboards.leaderboard") -> int:
     """The command line (see the module docstring); returns the exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser(prog)
+    args = parser.parse_args(argv)
     url = args.database_url or os.environ.get("VARSWEEP_DATABASE_URL") or DEFAULT_DATABASE_URL
     if args.mlflow_ui is not None:
         try:
             _check_mlflow_ui(args.mlflow_ui)
         except ValueError as e:
-            _parser().error(str(e))
+            parser.error(str(e))
     if not 0 <= args.port <= 65535:
-        _parser().error(f"--port must be in 0..65535, got {args.port}")
+        parser.error(f"--port must be in 0..65535, got {args.port}")
 
     from sqlalchemy.exc import ArgumentError
 

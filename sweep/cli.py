@@ -1,7 +1,14 @@
-"""The command line: ``python sweep/main.py --task T ...`` runs a sweep; ``... best`` lists the stored settings.
+"""The command line.
 
-Kept thin and light: ``--help`` imports no torch, transformers, Ray or MLflow. Errors varsweep expects (bad input,
-unreachable services) print one line on stderr and exit non-zero; ``--debug`` adds the traceback.
+``varsweep`` (the console script) has subcommands: ``sweep`` (run or resume a sweep), ``best`` (the stored best
+settings), ``tasks`` (the benchmarks), ``store upgrade`` (migrate the settings database) and ``leaderboard`` (the
+page). ``python sweep/main.py --task T ...`` is the same as ``varsweep sweep --task T ...``, with no subcommand,
+so that ``ray job submit -- python sweep/main.py --task mmvp`` works as written; ``python sweep/main.py best``
+lists the stored settings.
+
+Kept thin and light: ``--help`` and every error that needs no model import no torch, transformers, Ray or MLflow.
+Errors varsweep expects (bad input, unreachable services) print one line on stderr and exit non-zero; ``--debug``
+adds the traceback. Subcommands return an int; only CLIUsageError (exit 2) is caught as a usage error.
 """
 
 from __future__ import annotations
@@ -10,13 +17,13 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
     from sweep.store import BestRecord
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "varsweep", "build_parser", "CLIUsageError"]
 
 EPILOG = """\
 environment:
@@ -61,9 +68,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python sweep/main.py") -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="python sweep/main.py",
+        prog=prog,
         description=(
             "Tune VAR (Visual Attention Redistribution: tau, rho, p) for one model and one benchmark task. "
             "Runs an Optuna (TPE) search through Ray Tune on a pool of model workers, logs every trial to MLflow, "
@@ -122,10 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_best_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="python sweep/main.py best", description="List the best VAR settings kept in the settings database."
-    )
+def build_best_parser(prog: str = "python sweep/main.py best") -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description="List the best VAR settings kept in the settings database.")
     parser.add_argument("--model")
     parser.add_argument("--task")
     parser.add_argument("--convention", choices=["paper", "official"])
@@ -140,11 +145,11 @@ def _setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def cmd_best(argv: Sequence[str]) -> int:
+def cmd_best(argv: Sequence[str], prog: str = "python sweep/main.py best") -> int:
     from sweep.settings import Settings
     from sweep.store import Store
 
-    args = build_best_parser().parse_args(argv)
+    args = build_best_parser(prog).parse_args(argv)
     store = Store(Settings().database_url, retry_seconds=5)
     rows = store.best(model=args.model, task=args.task, convention=args.convention)
     if args.json:
@@ -162,9 +167,7 @@ def cmd_best(argv: Sequence[str]) -> int:
          r.updated_at.strftime("%Y-%m-%d %H:%M") if r.updated_at else ""]
         for r in rows
     ]  # fmt: skip
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *table, strict=True)]
-    for line in [header, [ "-" * w for w in widths], *table]:
-        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
+    _print_table(header, table)
     return 0
 
 
@@ -224,15 +227,96 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def cmd_tasks(argv: Sequence[str]) -> int:
+    parser = _Parser(prog="varsweep tasks", description="The benchmarks a sweep can tune on (docs/tasks.md).")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    from workers.tasks import task_catalog
+
+    catalog = task_catalog()
+    rows = [
+        {"task": name, "metric": info.spec.metric, "direction": info.spec.direction, "group": info.spec.group,
+         "answers": info.spec.answer_mode, "data": info.data}
+        for name, info in catalog.items()
+    ]  # fmt: skip
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    header = list(rows[0])
+    _print_table(header, [[str(row[k]) for k in header] for row in rows])
+    return 0
+
+
+def cmd_store(argv: Sequence[str]) -> int:
+    from sweep.store.__main__ import main as store_main
+
+    return store_main(list(argv), prog="varsweep store")
+
+
+def cmd_leaderboard(argv: Sequence[str]) -> int:
+    from dashboards.leaderboard import main as leaderboard_main
+
+    return leaderboard_main(list(argv), prog="varsweep leaderboard")
+
+
+def _print_table(header: Sequence[str], table: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *table, strict=True)]
+    for line in [header, ["-" * w for w in widths], *table]:
+        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
+
+
+SUBCOMMANDS = {
+    "sweep": "run, resume or extend a sweep (python sweep/main.py does the same)",
+    "best": "the best settings stored per model, task and convention",
+    "tasks": "the benchmarks, their headline metrics and where their data comes from",
+    "store": "store upgrade: migrate the settings database to this release's schema",
+    "leaderboard": "an HTML page of the best settings (a file, or served on 127.0.0.1)",
+}
+
+
+def varsweep(argv: Sequence[str] | None = None) -> int:
+    """The ``varsweep`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    try:
-        if argv[:1] == ["best"]:
-            return cmd_best(argv[1:])
-        args = build_parser().parse_args(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: varsweep {" + ",".join(SUBCOMMANDS) + "} ...\n")
+        print("Tune VAR (Visual Attention Redistribution) on multimodal models: Ray workers, an Optuna search,")
+        print("MLflow tracking and a best-settings store.\n\nsubcommands:")
+        for name, what in SUBCOMMANDS.items():
+            print(f"  {name:<12} {what}")
+        print("\n`varsweep <subcommand> --help` says more.")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in SUBCOMMANDS:
+        print(f"error: unknown subcommand {command!r}: one of {', '.join(SUBCOMMANDS)} (see varsweep --help)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if command == "sweep":
+        return main(rest, prog="varsweep sweep")
+    handlers: dict[str, Callable[[Sequence[str]], int]] = {
+        "best": lambda a: cmd_best(a, prog="varsweep best"), "tasks": cmd_tasks, "store": cmd_store,
+        "leaderboard": cmd_leaderboard,
+    }  # fmt: skip
+    return _guarded(lambda: handlers[command](rest), debug="--debug" in rest)
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "python sweep/main.py") -> int:
+    """``python sweep/main.py ...``: a sweep (no subcommand), or ``best``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["best"]:
+        return _guarded(lambda: cmd_best(argv[1:]), debug="--debug" in argv)
+
+    def run() -> int:
+        args = build_parser(prog).parse_args(argv)
         _setup_logging()
         return cmd_run(args)
+
+    return _guarded(run, debug="--debug" in argv)
+
+
+def _guarded(command: Callable[[], int], *, debug: bool) -> int:
+    """Run a subcommand; what varsweep expects to fail prints one line (a traceback only with ``--debug``)."""
+    try:
+        return command()
     except KeyboardInterrupt as e:  # sweep.signals.Interrupted (SIGINT, SIGTERM) or a Ctrl-C outside a sweep
         name, code = getattr(e, "name", "SIGINT"), getattr(e, "exit_code", 130)
         print(f"interrupted ({name}): the study is consistent; run the same command again to resume", file=sys.stderr)

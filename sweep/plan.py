@@ -95,7 +95,6 @@ class SweepPlan:
 
 def plan_sweep(request: SweepRequest, *, max_image_pixels: int | None = None) -> SweepPlan:
     """Check ``request`` and plan the sweep (see the module docstring). Raises a one-line VarsweepError."""
-    from workers.models import check_model
     from workers.tasks import get_task
 
     _check_options(request)
@@ -104,6 +103,8 @@ def plan_sweep(request: SweepRequest, *, max_image_pixels: int | None = None) ->
     direction = task.direction_of(metric)
     tuning_groups, heldout_groups = split_groups(task.groups, holdout=request.holdout, seed=request.seed)
     task.check_images(max_pixels=max_image_pixels)
+    from workers.models import check_model  # torch and transformers: only once the task is known to be fine
+
     model = check_model(request.model)
     task.check_text(model.image_strings, source=request.data_dir or request.task)
     space = space_for(

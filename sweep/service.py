@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from sweep import signals
 from sweep.plan import SweepPlan, SweepRequest, data_fingerprint, plan_sweep, slug, split_groups
+from sweep.progress import Progress, bars
 from sweep.settings import Settings
 from var_core.errors import VarsweepError
 
@@ -196,6 +197,27 @@ def _search(
 ) -> tuple[int, Utilization | None, dict[int, dict[str, list[list[float]]]]]:
     """The search phase: prefixes prepared while the trials start; returns (trials run, utilization, the
     layer x head statistics of the trials reported)."""
+    with bars() as drawn:
+        prefixes = Progress("prefixes", pool.examples, bar=drawn)
+        trials = Progress("trials", plan.request.trials - records.finished_before, bar=drawn)
+        try:
+            return _search_with(plan, records, settings, pool, mlflow_thread, timings, workdir, prefixes, trials)
+        finally:
+            prefixes.close()
+            trials.close()
+
+
+def _search_with(
+    plan: SweepPlan,
+    records: SweepRecords,
+    settings: Settings,
+    pool: Any,
+    mlflow_thread: ThreadPoolExecutor,
+    timings: dict[str, float],
+    workdir: Path,
+    prefixes: Progress,
+    trials: Progress,
+) -> tuple[int, Utilization | None, dict[int, dict[str, list[list[float]]]]]:
     from sweep.locks import database_lock, is_sqlite
     from sweep.trial import TrialReport
     from sweep.tuning import SearchHooks, completed_trials, run_search
@@ -225,12 +247,13 @@ def _search(
                 f"stopped after rung {report.rung + 1} of {len(plan.rungs)} ({report.examples_seen} of "
                 f"{len(plan.tuning.examples)} examples), {plan.metric} = {value:.4f}"
             )
+        trials.advance(best=f"{pick(best_so_far):.4f}" if best_so_far else None)
         log.info(
-            "trial %d (%s): %s (best %.4f)  tau %.2f rho %.3f p %.3f  selected %.3f moved %.4f",
-            report.number, report.role, outcome, pick(best_so_far) if best_so_far else float("nan"),
-            report.params.get("tau", float("nan")), report.params.get("rho", float("nan")),
-            report.params.get("p", float("nan")), report.var_stats.get("selected_share", 0.0),
-            report.var_stats.get("mass_moved_per_row", 0.0),
+            "trial %d (%s): %s  tau %.2f rho %.3f p %.3f  selected %.3f moved %.4f  %s",
+            report.number, report.role, outcome, report.params.get("tau", float("nan")),
+            report.params.get("rho", float("nan")), report.params.get("p", float("nan")),
+            report.var_stats.get("selected_share", 0.0), report.var_stats.get("mass_moved_per_row", 0.0),
+            trials.line(),
         )  # fmt: skip
         mlflow_thread.submit(_log_trial_run, tracker, report, len(plan.rungs), plan.tuning)
 
@@ -238,15 +261,21 @@ def _search(
         log.warning("trial %d failed: %s", number, reason)
         mlflow_thread.submit(tracker.fail_trial, number)
 
+    def on_prefixes(done: int, total: int) -> None:
+        prefixes.set(done)
+        if not prefixes.drawn:
+            tenth(done, total)
+
     def ask_lock() -> Any:
         # drivers sharing a PostgreSQL study count and ask in turn; SQLite hosts one driver per study
         return database_lock(settings.study_url, f"varsweep-ask:{plan.study_name}")
 
+    tenth = _every_tenth(lambda done, total: log.info("prefixes: %d/%d %s", done, total, prefixes.line()))
     before = pool.counters()
     started, clock = time.time(), time.perf_counter()
     # the search starts its trial processes while the workers compute their prefixes; the first trials' calls wait
     # in the workers until the prefixes are ready, and then meet there as one full batch
-    preparation = pool.start_preparing(_every_tenth(lambda done, total: log.info("prefixes: %d/%d", done, total)))
+    preparation = pool.start_preparing(on_prefixes)
     log.info("study %s: %d of %d trials done", plan.study_name, records.finished_before, request.trials)
     ran = run_search(
         study=study, space=plan.space, trials=request.trials, batch=request.batch, rungs=plan.rungs,

@@ -9,8 +9,8 @@ from sweep.settings import Settings, redact_url
 from sweep.store import StoreError, upgrade
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sweep.store", description=__doc__)
+def main(argv: list[str] | None = None, *, prog: str = "python -m sweep.store") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("command", choices=["upgrade"])
     parser.add_argument("--url", help="database URL (default: VARSWEEP_DATABASE_URL, else sqlite:///varsweep.db)")
     args = parser.parse_args(argv)

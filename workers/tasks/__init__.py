@@ -18,12 +18,14 @@ from workers.tasks._errors import (
     UnknownTaskError,
 )
 from workers.tasks._options import option_token_ids
-from workers.tasks._registry import TASKS, Registry, get_task, task_names
+from workers.tasks._registry import TASKS, Registry, TaskInfo, get_task, task_catalog, task_names
 from workers.tasks._samples import sample_records, samples_jsonl
 
 __all__ = [
     "get_task",
     "task_names",
+    "task_catalog",
+    "TaskInfo",
     "Task",
     "TaskSpec",
     "Example",

@@ -6,14 +6,15 @@ import difflib
 import importlib
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from workers.tasks._base import Task
+from workers.tasks._base import Task, TaskSpec
 from workers.tasks._errors import DataError, DuplicateTaskError, UnknownTaskError
 from workers.tasks._hub import resolve_data_dir
 
-__all__ = ["Registry", "TASKS", "get_task", "task_names"]
+__all__ = ["Registry", "TASKS", "TaskInfo", "get_task", "task_catalog", "task_names"]
 
 T = TypeVar("T")
 Loader = Callable[..., Task]
@@ -64,18 +65,42 @@ class Registry(Generic[T]):
 
 
 TASKS: Registry[Loader] = Registry("task")
-for _name, _target in {
-    "mmvp": "workers.tasks.mmvp:load_mmvp",
-    "pope": "workers.tasks.pope:load_pope",
-    "cv_bench": "workers.tasks.cv_bench:load_cv_bench",
-    "chair": "workers.tasks.chair:load_chair",
-    "mme": "workers.tasks.mme:load_mme",
-    "vqav2": "workers.tasks.vqa:load_vqav2",
-    "vizwiz": "workers.tasks.vqa:load_vizwiz",
-    "gqa": "workers.tasks.vqa:load_gqa",
-    "mmhal": "workers.tasks.mmhal:load_mmhal",
-}.items():
-    TASKS.register(_name, _target)
+SPECS: Registry[TaskSpec] = Registry("task")
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What ``varsweep tasks`` lists: a task's spec and where its data comes from."""
+
+    spec: TaskSpec
+    data: str  # what data_dir holds (docs/tasks.md), and the hub default where there is one
+
+
+# name -> (loader, spec, what data_dir holds); loaders and specs import on first use
+_CATALOG = {
+    "mmvp": ("workers.tasks.mmvp:load_mmvp", "workers.tasks.mmvp:SPEC",
+             "Questions.csv + MMVP Images/; default hf://lmms-lab-eval/MMVP"),
+    "pope": ("workers.tasks.pope:load_pope", "workers.tasks.pope:SPEC",
+             "coco_pope_{random,popular,adversarial}.json; COCO val2014 images"),
+    "cv_bench": ("workers.tasks.cv_bench:load_cv_bench", "workers.tasks.cv_bench:SPEC",
+                 "test_2d/test_3d parquet, or jsonl + img/; default hf://nyu-visionx/CV-Bench"),
+    "chair": ("workers.tasks.chair:load_chair", "workers.tasks.chair:SPEC",
+              "COCO instances + captions (or lmms-eval's parquet); WordNet"),
+    "mme": ("workers.tasks.mme:load_mme", "workers.tasks.mme:SPEC", "the benchmark's per-category folders"),
+    "vqav2": ("workers.tasks.vqa:load_vqav2", "workers.tasks.vqa:VQAV2",
+              "v2_OpenEnded_mscoco questions + annotations; COCO images"),
+    "vizwiz": ("workers.tasks.vqa:load_vizwiz", "workers.tasks.vqa:VIZWIZ", "<split>.json annotations + images"),
+    "gqa": ("workers.tasks.vqa:load_gqa", "workers.tasks.vqa:GQA", "testdev_balanced_questions.json + images/"),
+    "mmhal": ("workers.tasks.mmhal:load_mmhal", "workers.tasks.mmhal:SPEC", "response_template.json + images"),
+}  # fmt: skip
+for _name, (_loader, _spec, _data) in _CATALOG.items():
+    TASKS.register(_name, _loader)
+    SPECS.register(_name, _spec)
+
+
+def task_catalog() -> dict[str, TaskInfo]:
+    """Every task's spec and data source, without reading any data."""
+    return {name: TaskInfo(spec=SPECS.get(name), data=data) for name, (_, _, data) in _CATALOG.items()}
 
 
 def task_names() -> tuple[str, ...]:

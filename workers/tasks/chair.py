@@ -29,6 +29,7 @@ mention has ``chair_i`` NaN (OPERA would divide by zero).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -45,6 +46,12 @@ PROMPT = "Please describe this image in detail."
 DEFAULT_MAX_NEW_TOKENS = 512
 
 
+SPEC = TaskSpec(
+    name="chair", group="hallucination", metric="chair_s", direction="minimize", answer_mode="generate",
+    max_new_tokens=DEFAULT_MAX_NEW_TOKENS, lower_is_better=("chair_s", "chair_i"),
+)  # fmt: skip
+
+
 def load_chair(
     data_dir: Path,
     *,
@@ -57,10 +64,7 @@ def load_chair(
 ) -> Task:
     """CHAIR from COCO annotations or lmms-eval's parquet (module docstring); ``limit`` counts images."""
     check_split("chair", split, ())
-    spec = TaskSpec(
-        name="chair", group="hallucination", metric="chair_s", direction="minimize", answer_mode="generate",
-        max_new_tokens=max_new_tokens, lower_is_better=("chair_s", "chair_i"),
-    )  # fmt: skip
+    spec = replace(SPEC, max_new_tokens=max_new_tokens)
     captions = caption_parser(parser)
     parquets = sorted(data_dir.glob("*.parquet")) or sorted((data_dir / "data").glob("*.parquet"))
     if parquets:

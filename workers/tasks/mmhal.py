@@ -25,7 +25,7 @@ question type as long as the 96 records keep their order).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path, PurePosixPath
 
@@ -53,6 +53,12 @@ class JudgeRequest:
 Judge = Callable[[JudgeRequest], str]
 
 
+SPEC = TaskSpec(
+    name="mmhal", group="hallucination", metric="score", direction="maximize", answer_mode="generate",
+    max_new_tokens=DEFAULT_MAX_NEW_TOKENS, lower_is_better=("hallucination_rate",),
+)  # fmt: skip
+
+
 def load_mmhal(
     data_dir: Path,
     *,
@@ -63,10 +69,7 @@ def load_mmhal(
 ) -> Task:
     """MMHal-Bench from ``data_dir`` (module docstring); ``judge`` is needed by ``score()`` only."""
     check_split("mmhal", split, ())
-    spec = TaskSpec(
-        name="mmhal", group="hallucination", metric="score", direction="maximize", answer_mode="generate",
-        max_new_tokens=max_new_tokens, lower_is_better=("hallucination_rate",),
-    )  # fmt: skip
+    spec = replace(SPEC, max_new_tokens=max_new_tokens)
     path = data_dir / "response_template.json"
     examples = [_example(record, index, data_dir) for index, record in enumerate(read_records(path))]
     return Task(

@@ -49,6 +49,9 @@ def _spec(name: str) -> TaskSpec:
     )
 
 
+VQAV2, VIZWIZ, GQA = _spec("vqav2"), _spec("vizwiz"), _spec("gqa")
+
+
 def load_vqav2(
     data_dir: Path, *, split: str | None = None, limit: int | None = None, image_dir: str | Path | None = None
 ) -> Task:
@@ -82,7 +85,7 @@ def load_vqav2(
     unique_ids((e.id, r) for e, r in zip(examples, questions, strict=True))
     scorer = partial(_soft_accuracy, vqa_normalize)
     return _task(
-        _spec("vqav2"), examples, limit, text=_short_answer_text, scorer=scorer, metadata={"subset": subset}
+        VQAV2, examples, limit, text=_short_answer_text, scorer=scorer, metadata={"subset": subset}
     )
 
 
@@ -108,7 +111,7 @@ def load_vizwiz(
         )
     unique_ids((e.id, r) for e, r in zip(examples, records, strict=True))
     scorer = partial(_soft_accuracy, _eval_ai_normalize)
-    return _task(_spec("vizwiz"), examples, limit, text=_vizwiz_text, scorer=scorer, metadata={"split": name})
+    return _task(VIZWIZ, examples, limit, text=_vizwiz_text, scorer=scorer, metadata={"split": name})
 
 
 def load_gqa(
@@ -137,7 +140,7 @@ def load_gqa(
             )
         )
     return _task(
-        _spec("gqa"), examples, limit, text=_short_answer_text, scorer=_exact_match, metadata={"split": name}
+        GQA, examples, limit, text=_short_answer_text, scorer=_exact_match, metadata={"split": name}
     )
 
 
