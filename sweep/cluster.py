@@ -14,16 +14,25 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from sweep import signals
 from sweep.plan import SweepPlan
 from sweep.settings import Settings, redact_url
 
-__all__ = ["connect_ray", "worker_pool", "cores"]
+__all__ = ["connect_ray", "local_ray_environment", "worker_pool", "cores"]
 
 log = logging.getLogger("varsweep")
 
 
 def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def local_ray_environment(settings: Settings) -> None:
+    """For a local Ray (no ``RAY_ADDRESS``): every listener on loopback, and no token authentication, which guards
+    a Ray that others can reach. Ray reads this when it is imported: call it before anything imports ray."""
+    if settings.ray_address is None:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def connect_ray(settings: Settings) -> bool:
@@ -36,14 +45,11 @@ def connect_ray(settings: Settings) -> bool:
     log.info("connecting to Ray (%s)", redact_url(address or "a new local instance on 127.0.0.1"))
     local: dict[str, Any] = {}
     if address is None:
-        # every listener of a one-machine Ray on loopback (ECOSYSTEM.md "Ray Jobs and a local cluster"); token
-        # authentication guards a Ray reachable by others, which a loopback one is not
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         local = {"num_cpus": cores() + 1, "_node_ip_address": "127.0.0.1"}
     ray.init(
         address=address, logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False, **local
     )  # fmt: skip
+    signals.take_back()  # Ray's own SIGTERM handler would abort the driver
     return address is None
 
 

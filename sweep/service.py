@@ -120,6 +120,9 @@ class NothingToRun:
 
 def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path(".")) -> SweepOutcome | NothingToRun:
     """Run (or resume) the sweep described by ``request``."""
+    from sweep.cluster import local_ray_environment
+
+    local_ray_environment(settings)  # before ray is imported (sweep.records imports it)
     from sweep.records import SweepRecords
 
     with signals.handling():

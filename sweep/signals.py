@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
-__all__ = ["Interrupted", "handling", "deferred", "check"]
+__all__ = ["Interrupted", "handling", "take_back", "deferred", "check"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -33,6 +33,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 class _State:
+    handling = False
     deferring = False
     pending: int | None = None
 
@@ -54,12 +55,21 @@ def handling() -> Iterator[None]:
         yield
         return
     previous = {s: signal.signal(s, _handler) for s in _SIGNALS}
+    _state.handling = True
     try:
         yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        _state.pending = None
+        _state.handling, _state.pending = False, None
+
+
+def take_back() -> None:
+    """Install the handlers again, if :func:`handling` is active: ``ray.init`` installs a SIGTERM handler of its
+    own (which aborts the process with a C++ stack dump)."""
+    if _state.handling and threading.current_thread() is threading.main_thread():
+        for s in _SIGNALS:
+            signal.signal(s, _handler)
 
 
 @contextlib.contextmanager

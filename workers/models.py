@@ -314,7 +314,10 @@ def _clip_config(shape: TinyShape) -> CLIPVisionConfig:
 
 
 def _clip_image_processor(shape: TinyShape, cls_name: str = "CLIPImageProcessor", **kwargs: Any) -> Any:
-    return getattr(transformers, cls_name)(
+    # without torchvision transformers falls back to the PIL backend, with a notice; ask for that backend here
+    from transformers.utils import is_torchvision_available
+
+    return getattr(transformers, cls_name if is_torchvision_available() else f"{cls_name}Pil")(
         size={"shortest_edge": shape.image_size},
         crop_size={"height": shape.image_size, "width": shape.image_size},
         **kwargs,

@@ -81,3 +81,41 @@ def test_the_held_out_comparison_and_per_sample_logs_reach_mlflow_and_the_store(
     path = client.download_artifacts(trial.info.run_id, "samples.jsonl", str(tmp_path / "trial"))
     lines = open(path).read().splitlines()
     assert len(lines) == 14  # the tuning examples the trial saw
+
+
+def test_optuna_dashboard_reads_the_study_from_the_sweep_database(sweep):
+    """The README's command: `optuna-dashboard <the study's database URL>`; its HTTP API lists the trials."""
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    from services import free_port, wait_until
+
+    request, settings, outcome = sweep
+    port = free_port()
+    dashboard = Path(sys.executable).parent / "optuna-dashboard"
+    process = subprocess.Popen(
+        [str(dashboard), settings.study_url, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def studies() -> list | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
+                return json.loads(response.read())["study_summaries"]
+        except OSError:
+            return None
+
+    try:
+        wait_until(lambda: studies() is not None, timeout=60, what="optuna-dashboard")
+        (summary,) = [s for s in studies() if s["study_name"] == request.study_name]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", timeout=10) as r:
+            detail = json.loads(r.read())
+        states = [t["state"] for t in detail["trials"]]
+        assert states.count("Complete") == outcome.trials_total == 8
+        assert {p["name"] for p in detail["trials"][0]["params"]} == {"tau", "rho", "p"}
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
