@@ -160,9 +160,9 @@ def _sweep(plan: SweepPlan, records: SweepRecords, settings: Settings, workdir: 
         clock = time.perf_counter()
         with worker_pool(plan, settings, local=local) as pool:
             for info in pool.ready():
-                log.info("worker %s ready on %s (%s threads): %s examples, model loaded in %ss; sink dims %s (%s)",
-                         info["pid"], info["device"], info["threads"], info["examples"], info["load_seconds"],
-                         info["sink_dims"], info["sink_dims_source"])  # fmt: skip
+                log.info("worker %s ready on %s, node %s (%s threads): %s examples, model loaded in %ss; sink dims "
+                         "%s (%s)", info["pid"], info["device"], info["node"][:8], info["threads"], info["examples"],
+                         info["load_seconds"], info["sink_dims"], info["sink_dims_source"])  # fmt: skip
             timings["model_load"] = time.perf_counter() - clock
             ran, utilization, layer_heads = _search(plan, records, settings, pool, mlflow_thread, timings, workdir)
             clock = time.perf_counter()

@@ -76,14 +76,18 @@ class StudyMismatchError(StudyError, ConfigError):
 
 def _db(operation: Callable[[], T], what: str, outage_timeout: float) -> T:
     """``operation()`` on the study's database, waiting out an outage; what fails stays one line."""
+    from optuna.exceptions import StorageInternalError
     from sqlalchemy.exc import SQLAlchemyError
 
     from sweep.settings import redact_url
 
     try:
         return retrying(operation, what=what, seconds=outage_timeout)
-    except SQLAlchemyError as e:
-        cause = redact_url(str(getattr(e, "orig", None) or e)).strip().splitlines()[0]
+    except (SQLAlchemyError, StorageInternalError) as e:  # Optuna wraps SQLAlchemy's errors in its own
+        root: BaseException = e
+        while root.__cause__ is not None:
+            root = root.__cause__
+        cause = redact_url(str(getattr(root, "orig", None) or root)).strip().splitlines()[0]
         raise StudyError(f"cannot {what} in the study's database: {cause}") from e
 
 

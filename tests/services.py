@@ -86,6 +86,7 @@ class RayHead:
         self.dashboard_port = free_port()
         self.address = f"127.0.0.1:{self.gcs_port}"
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+        self.node_manager_port = free_port()
         self.env = {
             **os.environ,
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -96,7 +97,7 @@ class RayHead:
         command = [
             str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.gcs_port}",
             f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-            f"--ray-client-server-port={free_port()}", f"--node-manager-port={free_port()}",
+            f"--ray-client-server-port={free_port()}", f"--node-manager-port={self.node_manager_port}",
             f"--object-manager-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
             f"--metrics-export-port={free_port()}", f"--temp-dir={self.temp_dir}", f"--num-cpus={num_cpus}",
@@ -124,6 +125,36 @@ class RayHead:
             "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--", *entrypoint,
         ]  # fmt: skip
         return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+    def add_node(self, *, num_cpus: int) -> int:
+        """``ray start --address`` a worker node of its own on this machine; returns its node manager port (the
+        handle :meth:`kill_node` takes)."""
+        port = free_port()
+        command = [
+            str(BIN / "ray"), "start", f"--address={self.address}", "--node-ip-address=127.0.0.1",
+            f"--node-manager-port={port}", f"--object-manager-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
+            f"--temp-dir={self.temp_dir}", f"--num-cpus={num_cpus}", "--num-gpus=0", "--disable-usage-stats",
+        ]  # fmt: skip
+        started = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=120)
+        if started.returncode != 0:
+            raise RuntimeError(f"ray start --address failed: {started.stderr[-2000:]}")
+        return port
+
+    def kill_node(self, port: int) -> None:
+        """SIGKILL the raylet of the node started with ``port`` (a node lost): its workers die with it."""
+        _kill_tree_by_marker(f"--node_manager_port={port}")
+
+    def node_of(self, pid: int) -> int | None:
+        """The node manager port of the node whose raylet started process ``pid`` (None: not found)."""
+        try:
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = Path(f"/proc/{parent}/cmdline").read_bytes().decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            return None
+        found = re.search(r"--node_manager_port=(\d+)", cmdline)
+        return int(found.group(1)) if found else None
 
     def stop(self) -> None:
         _kill_tree_by_marker(str(self.temp_dir))

@@ -120,10 +120,12 @@ class ModelWorker:
 
     async def ready(self) -> dict[str, Any]:
         """Who this worker is: for the driver's log and for tests."""
+        import ray
         import torch
 
         return {
             "pid": os.getpid(),
+            "node": ray.get_runtime_context().get_node_id(),
             "model": self.model_name,
             "device": self.device,
             "threads": torch.get_num_threads(),

@@ -1,0 +1,63 @@
+"""The sweep on a cluster the way one runs: several nodes, a node lost mid-sweep, GPUs that never come."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import optuna
+import pytest
+from services import STUDY, RayHead, Sweep, sweep_args
+
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(900)]
+
+State = optuna.trial.TrialState
+
+
+def cluster_env(head: RayHead, **extra: str) -> dict[str, str]:
+    return {"RAY_ADDRESS": head.address, "RAY_AUTH_MODE": "disabled", **extra}
+
+
+def test_two_nodes_one_worker_each_and_a_node_lost_mid_sweep(tmp_path):
+    """A head (one CPU: the trials') and two nodes of two CPUs; --workers 2 of one CPU each lands on two nodes.
+    Killing the raylet of a node with a worker mid-sweep loses no trial: the worker's placement moves to a node
+    with room, the actor restarts there and its calls are retried."""
+    head = RayHead(num_cpus=1)
+    try:
+        first, second = head.add_node(num_cpus=2), head.add_node(num_cpus=2)
+        sweep = Sweep(tmp_path / "work", *sweep_args(8, "--batch", "2", "--workers", "2", "--worker-cpus", "1"),
+                      env=cluster_env(head))  # fmt: skip
+        sweep.wait_for(r"trial \d+ \(")
+        workers = re.findall(r"worker (\d+) ready on cpu, node (\w+)", sweep.text())
+        assert len(workers) == 2 and len({node for _, node in workers}) == 2, sweep.text()[-3000:]  # one per node
+        # lose a node that hosts a worker (not the head, where the driver's trials run)
+        hosts = {head.node_of(int(pid)) for pid, _ in workers} - {head.node_manager_port, None}
+        victim = next(iter(hosts))
+        assert victim in (first, second)
+        head.kill_node(victim)
+        assert sweep.finish() == 0, sweep.text()[-3000:]
+        db = f"sqlite:///{tmp_path / 'work' / 'varsweep.db'}"
+        trials = optuna.load_study(study_name=STUDY, storage=db).get_trials()
+        done = [t for t in trials if t.state == State.COMPLETE]
+        assert len(done) == 8 and not [t for t in trials if t.state == State.RUNNING]
+    finally:
+        head.stop()
+
+
+def test_gpus_asked_for_on_a_cluster_without_any_wait_bounded_then_fail_in_one_line(tmp_path):
+    head = RayHead(num_cpus=2)
+    try:
+        started = time.monotonic()
+        sweep = Sweep(tmp_path / "work", *sweep_args(3, "--device", "cuda"),
+                      env=cluster_env(head, VARSWEEP_PLACEMENT_TIMEOUT="8"))  # fmt: skip
+        code = sweep.finish(timeout=300)
+        waited = time.monotonic() - started
+        text = sweep.text()
+        errors = [line for line in text.splitlines() if line.startswith("error:")]
+        assert code != 0 and len(errors) == 1, text[-3000:]
+        assert "did not provide 1 worker(s) x {CPU: 1, GPU: 1} within 8 s" in errors[0]
+        assert "it has {CPU: 2}" in errors[0] and "--device cpu" in errors[0]
+        assert 8 <= waited < 120  # the bounded wait, then the error
+        assert "ready on cpu" not in text  # no CPU fallback for a GPU request
+    finally:
+        head.stop()
