@@ -88,8 +88,9 @@ class SweepRecords:
             related += [r for r in self.store.best(task=request.task) if r.model != plan.model_key]
             warm = warm_start_points(plan.space, related) if request.warm_start else []
             self.finished_before = prepare_study(
-                self.study, plan.space, warm, live={s.id for s in live}, outage_timeout=settings.outage_timeout
-            )
+                self.study, plan.space, warm, live=frozenset(s.id for s in live),
+                outage_timeout=settings.outage_timeout, url=settings.study_url,
+            )  # fmt: skip
             self.sweep_id = self.store.start_sweep(
                 key=self.key, model=plan.model_key, task=request.task, convention=request.convention,
                 host=socket.gethostname(), pid=os.getpid(),

@@ -9,11 +9,15 @@ waiting cannot fix it.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["is_transient", "retrying"]
+from var_core.errors import VarsweepError
+
+__all__ = ["is_transient", "retrying", "ReadOnlyDatabaseError"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -30,7 +34,29 @@ _PERMANENT = (
     "authentication failed",
     "does not exist",
     "unable to open database file",
+    "attempt to write a readonly database",
 )
+
+
+class ReadOnlyDatabaseError(VarsweepError, PermissionError):
+    """A SQLite database whose file or folder cannot be written (SQLite may call it "locked")."""
+
+
+def _unwritable(url: str | None) -> str | None:
+    """Why the SQLite database at ``url`` cannot be written, if it cannot (its folder or file is read-only)."""
+    if not url or not url.startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return None
+    path = Path(database)
+    if not os.access(path.parent, os.W_OK):
+        return f"{path}: its folder is read-only, so SQLite cannot write the database"
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"{path}: the file is read-only"
+    return None
 
 
 def is_transient(error: BaseException) -> bool:
@@ -46,8 +72,12 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
-def retrying(operation: Callable[[], T], *, what: str, seconds: float) -> T:
-    """``operation()``, tried again while it fails transiently, for up to ``seconds``; each wait is logged."""
+def retrying(operation: Callable[[], T], *, what: str, seconds: float, url: str | None = None) -> T:
+    """``operation()``, tried again while it fails transiently, for up to ``seconds``; each wait is logged.
+
+    ``url`` (the database's): a SQLite file that has become read-only raises :class:`ReadOnlyDatabaseError` at
+    once, though SQLite reports it as a busy ("locked") database.
+    """
     deadline = time.monotonic() + seconds
     delay = 0.5
     while True:
@@ -56,6 +86,9 @@ def retrying(operation: Callable[[], T], *, what: str, seconds: float) -> T:
         except Exception as e:
             if not is_transient(e) or time.monotonic() + delay > deadline:
                 raise
+            reason = _unwritable(url)
+            if reason is not None:
+                raise ReadOnlyDatabaseError(reason) from e
             log.warning("database unreachable (%s); retrying in %.1f s", what, delay)
             time.sleep(delay)
             delay = min(delay * 2, 10.0)

@@ -286,7 +286,7 @@ def _search_with(
         direction=plan.direction, storage_path=workdir / ".varsweep" / "tune" / slug(plan.study_name),
         hooks=SearchHooks(on_start=on_start, on_rung=on_rung, on_end=on_end, on_error=on_error),
         owner=str(records.sweep_id), lock=(contextlib.nullcontext if is_sqlite(settings.study_url) else ask_lock),
-        outage_timeout=settings.outage_timeout,
+        outage_timeout=settings.outage_timeout, url=settings.study_url,
     )  # fmt: skip
     timings["search"] = time.perf_counter() - clock  # prefix preparation included: they overlap
     timings["prefixes"] = preparation.wait()

@@ -40,7 +40,7 @@ from ray.tune.search import Searcher
 
 from sweep import signals
 from sweep.fidelity import REDUCTION_FACTOR, Rungs
-from sweep.retry import retrying
+from sweep.retry import ReadOnlyDatabaseError, retrying
 from sweep.search import BASELINE, PAPER_DEFAULTS, SearchSpace, StartPoint
 from sweep.trial import COMPLETE, EXAMPLES_SEEN, FAILURE, FIDELITY, OBJECTIVE, TrialReport, run_trial
 from var_core.errors import ConfigError, VarsweepError
@@ -74,15 +74,17 @@ class StudyMismatchError(StudyError, ConfigError):
     """The study exists and optimises something else than this sweep asks for."""
 
 
-def _db(operation: Callable[[], T], what: str, outage_timeout: float) -> T:
-    """``operation()`` on the study's database, waiting out an outage; what fails stays one line."""
+def _db(operation: Callable[[], T], what: str, outage_timeout: float, url: str | None = None) -> T:
+    """``operation()`` on the study's database (at ``url``), waiting out an outage; what fails stays one line."""
     from optuna.exceptions import StorageInternalError
     from sqlalchemy.exc import SQLAlchemyError
 
     from sweep.settings import redact_url
 
     try:
-        return retrying(operation, what=what, seconds=outage_timeout)
+        return retrying(operation, what=what, seconds=outage_timeout, url=url)
+    except ReadOnlyDatabaseError as e:
+        raise StudyError(f"cannot {what} in the study's database: {e}") from e
     except (SQLAlchemyError, StorageInternalError) as e:  # Optuna wraps SQLAlchemy's errors in its own
         root: BaseException = e
         while root.__cause__ is not None:
@@ -138,7 +140,7 @@ def open_study(
         return study
 
     try:
-        return _db(load, "open the study", outage_timeout)
+        return _db(load, "open the study", outage_timeout, url)
     except SQLAlchemyError as e:
         raise StudyError(f"cannot open the Optuna study at {redact_url(url)}: {redact_url(str(e)).splitlines()[0]}") from e
 
@@ -183,8 +185,9 @@ def prepare_study(
     space: SearchSpace,
     warm: Sequence[StartPoint] = (),
     *,
-    live: set[str] = frozenset(),  # type: ignore[assignment]
+    live: frozenset[str] = frozenset(),
     outage_timeout: float = 600.0,
+    url: str | None = None,
 ) -> int:
     """Fail the RUNNING trials no live driver runs (``live``: their sweep ids) and queue their parameters again;
     queue the starting points of a new study: the baseline, the paper's defaults, then ``warm`` (stored best
@@ -215,7 +218,7 @@ def prepare_study(
                 log.info("warm start: queued %s from %s", _describe(point.params), point.source)
         return len(finished_trials(study))
 
-    return _db(prepare, "prepare the study", outage_timeout)
+    return _db(prepare, "prepare the study", outage_timeout, url)
 
 
 def _describe(params: dict[str, float]) -> str:
@@ -245,8 +248,10 @@ class StudySearcher(Searcher):
         limit: int | None = None,
         lock: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
         outage_timeout: float = 600.0,
+        url: str | None = None,
     ) -> None:
         super().__init__(metric=OBJECTIVE, mode=mode)
+        self._url = url
         self._study = study
         self._space = space
         self._owner, self._limit, self._lock, self._outage = owner, limit, lock, outage_timeout
@@ -293,10 +298,10 @@ class StudySearcher(Searcher):
                 trial.set_user_attr(OWNER, self._owner)
                 return trial
 
-        trial = _db(ask, "ask the study for a trial", self._outage)
+        trial = _db(ask, "ask the study for a trial", self._outage, self._url)
         if trial is None:
             return Searcher.FINISHED
-        _db(lambda: self._space.suggest(trial), "record a trial's parameters", self._outage)
+        _db(lambda: self._space.suggest(trial), "record a trial's parameters", self._outage, self._url)
         self._trials[trial_id] = trial
         attrs = trial.user_attrs
         return {
@@ -311,15 +316,15 @@ class StudySearcher(Searcher):
             return
         state = optuna.trial.TrialState
         if error or not result or OBJECTIVE not in result or result.get(FAILURE):
-            _db(lambda: self._study.tell(trial, state=state.FAIL), "record a failed trial", self._outage)
+            _db(lambda: self._study.tell(trial, state=state.FAIL), "record a failed trial", self._outage, self._url)
         else:
             # Tune hands the result that ended the trial (its last rung, or the one the scheduler stopped it
             # at) to this method only: it is the trial's last intermediate value
             self._report(trial_id, result)
             if result.get(COMPLETE):
-                _db(lambda: self._study.tell(trial, result[OBJECTIVE]), "record a trial", self._outage)
+                _db(lambda: self._study.tell(trial, result[OBJECTIVE]), "record a trial", self._outage, self._url)
             else:
-                _db(lambda: self._study.tell(trial, state=state.PRUNED), "record a pruned trial", self._outage)
+                _db(lambda: self._study.tell(trial, state=state.PRUNED), "record a pruned trial", self._outage, self._url)
         del self._trials[trial_id]
         self._steps.pop(trial_id, None)
 
@@ -340,7 +345,7 @@ class StudySearcher(Searcher):
         step = int(result[EXAMPLES_SEEN])
         if step not in self._steps.setdefault(trial_id, set()):
             value = result[OBJECTIVE]
-            _db(lambda: self._trials[trial_id].report(value, step=step), "record a rung", self._outage)
+            _db(lambda: self._trials[trial_id].report(value, step=step), "record a rung", self._outage, self._url)
             self._steps[trial_id].add(step)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -381,6 +386,7 @@ def run_search(
     owner: str = "",
     lock: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
     outage_timeout: float = 600.0,
+    url: str | None = None,
 ) -> int:
     """Run the trials still missing from ``trials`` (complete or pruned), up to ``batch`` at once; returns how
     many this driver ran. With ``early_stop="asha"``, Tune's ASHA scheduler stops the trials that fall behind."""
@@ -403,7 +409,7 @@ def run_search(
     mode = "max" if direction == "maximize" else "min"
     concurrency = max(1, min(batch, remaining))
     searcher = StudySearcher(
-        study, space, mode=mode, owner=owner, limit=trials, lock=lock, outage_timeout=outage_timeout
+        study, space, mode=mode, owner=owner, limit=trials, lock=lock, outage_timeout=outage_timeout, url=url
     )
     reporter = _Reporter(hooks)
     scheduler = None
@@ -440,7 +446,7 @@ def run_search(
         with signals.deferred():
             tuner.fit()
     except signals.Interrupted:
-        abandoned = _db(searcher.abandon, "queue the running trials again", outage_timeout)
+        abandoned = _db(searcher.abandon, "queue the running trials again", outage_timeout, url)
         if abandoned:
             log.warning("trials %s were running: failed and queued again", ", ".join(map(str, abandoned)))
         raise

@@ -203,7 +203,7 @@ class Store:
     def _retry(self, operation: Callable[[], T], what: str) -> T:
         """``operation()``, waiting out a transient outage for up to ``retry_seconds`` (see sweep.retry)."""
         try:
-            return retrying(operation, what=what, seconds=self.retry_seconds)
+            return retrying(operation, what=what, seconds=self.retry_seconds, url=self.url)
         except OperationalError as e:
             detail = redact_url(str(e.orig or e)).strip().splitlines()[0]
             if is_transient(e):

@@ -15,7 +15,8 @@ State = optuna.trial.TrialState
 
 
 def cluster_env(head: RayHead, **extra: str) -> dict[str, str]:
-    return {"RAY_ADDRESS": head.address, "RAY_AUTH_MODE": "disabled", **extra}
+    """A driver that joins the head from outside, as the head's own processes see it (loopback, no token)."""
+    return {"RAY_ADDRESS": head.address, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **extra}
 
 
 def test_two_nodes_one_worker_each_and_a_node_lost_mid_sweep(tmp_path):
