@@ -79,7 +79,9 @@ def _kill_tree_by_marker(marker: str) -> None:
 class RayHead:
     """``ray start --head`` on loopback with free ports and a temp dir of its own."""
 
-    def __init__(self, *, num_cpus: int = 2) -> None:
+    def __init__(self, *, num_cpus: int = 2, nodes: bool = False) -> None:
+        """``nodes``: other nodes will join (:meth:`add_node`); a single-node head keeps every listener on
+        loopback, which Ray only does for a cluster of one node (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0)."""
         # a short path: Ray's unix sockets live under it, and socket paths are limited to 107 bytes
         self.temp_dir = Path(tempfile.mkdtemp(prefix="vsray-", dir="/tmp"))
         self.gcs_port = free_port()
@@ -91,9 +93,10 @@ class RayHead:
             **os.environ,
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "RAY_AUTH_MODE": "disabled",  # a throwaway local head, on loopback only
-            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
             "RAY_USAGE_STATS_ENABLED": "0",
         }
+        if not nodes:
+            self.env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         command = [
             str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.gcs_port}",
             f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",

@@ -15,15 +15,16 @@ State = optuna.trial.TrialState
 
 
 def cluster_env(head: RayHead, **extra: str) -> dict[str, str]:
-    """A driver that joins the head from outside, as the head's own processes see it (loopback, no token)."""
-    return {"RAY_ADDRESS": head.address, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **extra}
+    """A driver that joins the head from outside, seeing it as the head's own processes do."""
+    shared = {k: head.env[k] for k in ("RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") if k in head.env}
+    return {"RAY_ADDRESS": head.address, **shared, **extra}
 
 
 def test_two_nodes_one_worker_each_and_a_node_lost_mid_sweep(tmp_path):
     """A head (one CPU: the trials') and two nodes of two CPUs; --workers 2 of one CPU each lands on two nodes.
     Killing the raylet of a node with a worker mid-sweep loses no trial: the worker's placement moves to a node
     with room, the actor restarts there and its calls are retried."""
-    head = RayHead(num_cpus=1)
+    head = RayHead(num_cpus=1, nodes=True)
     try:
         first, second = head.add_node(num_cpus=2), head.add_node(num_cpus=2)
         sweep = Sweep(tmp_path / "work", *sweep_args(8, "--batch", "2", "--workers", "2", "--worker-cpus", "1"),
