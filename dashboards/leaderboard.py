@@ -65,7 +65,7 @@ _COLUMNS = (
     ("VAR off", None, "the baseline (VAR off) on the same held-out split"),
     ("delta [95% CI]", None, "held-out minus VAR off on the same groups, with its clustered bootstrap interval; "
      "green or red only when the interval and the paired test (p < 0.05) say it is more than noise"),
-    ("p", None, "paired randomisation test of VAR on against VAR off (two-sided)"),
+    ("p-value", None, "paired randomisation test of VAR on against VAR off (two-sided)"),
     ("tuning", None, "the best trial on the tuning split"),
     ("gap", None, "tuning minus held-out: how much the best of many trials flattered itself (winner's curse)"),
     ("tau", None, "sink threshold on phi"),
