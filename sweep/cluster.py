@@ -1,8 +1,7 @@
 """The sweep's Ray: joining a cluster or starting a local one, and the pool of model workers on it.
 
-A local Ray (no ``RAY_ADDRESS``) listens on 127.0.0.1 only and gets one logical CPU beyond the machine's cores:
-the trial processes hold it (they only wait on the workers), so a CPU worker can hold, and compute on, every
-core. Workers' output stays in Ray's session logs (``/tmp/ray/session_latest/logs``): the driver's console shows
+A local Ray (no ``RAY_ADDRESS``) listens on 127.0.0.1 only and has the machine's cores; the trial processes hold
+no CPU (they only wait on the workers), so a CPU worker can hold, and compute on, every core. Workers' output stays in Ray's session logs (``/tmp/ray/session_latest/logs``): the driver's console shows
 the sweep's own lines, and a worker's error reaches the driver as the failed call's exception.
 """
 
@@ -11,14 +10,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from sweep import signals
 from sweep.plan import SweepPlan
 from sweep.settings import Settings, redact_url
 
-__all__ = ["connect_ray", "local_ray_environment", "worker_pool", "cores"]
+__all__ = ["RayConnection", "connect_ray", "local_ray_environment", "worker_pool", "cores"]
 
 log = logging.getLogger("varsweep")
 
@@ -35,22 +36,42 @@ def local_ray_environment(settings: Settings) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
-def connect_ray(settings: Settings) -> bool:
-    """Join ``RAY_ADDRESS``, else start a local Ray; True when the Ray is local (started here, no autoscaler)."""
+@dataclass(frozen=True)
+class RayConnection:
+    """The sweep's link to Ray: ``local`` when it is a Ray started here (no autoscaler), ``owned`` when this
+    sweep called ``ray.init`` (and so ends the connection)."""
+
+    local: bool
+    owned: bool
+
+    def close_in_background(self) -> threading.Thread | None:
+        """Disconnect (and stop a local Ray: its processes take seconds to exit) on a thread of its own, so the
+        sweep's last steps, which need no Ray, go on meanwhile; join the thread returned before exiting."""
+        if not self.owned:
+            return None
+        import ray
+
+        closing = threading.Thread(target=ray.shutdown, name="varsweep-ray-shutdown")
+        closing.start()
+        return closing
+
+
+def connect_ray(settings: Settings) -> RayConnection:
+    """Join ``RAY_ADDRESS``, else start a local Ray (or use the Ray this process already started)."""
     import ray
 
     if ray.is_initialized():
-        return settings.ray_address is None
+        return RayConnection(local=settings.ray_address is None, owned=False)
     address = settings.ray_address
     log.info("connecting to Ray (%s)", redact_url(address or "a new local instance on 127.0.0.1"))
     local: dict[str, Any] = {}
     if address is None:
-        local = {"num_cpus": cores() + 1, "_node_ip_address": "127.0.0.1"}
+        local = {"num_cpus": cores(), "_node_ip_address": "127.0.0.1"}
     ray.init(
         address=address, logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False, **local
     )  # fmt: skip
     signals.take_back()  # Ray's own SIGTERM handler would abort the driver
-    return address is None
+    return RayConnection(local=address is None, owned=True)
 
 
 @contextlib.contextmanager

@@ -103,7 +103,7 @@ def plan_sweep(request: SweepRequest, *, max_image_pixels: int | None = None) ->
     direction = task.direction_of(metric)
     tuning_groups, heldout_groups = split_groups(task.groups, holdout=request.holdout, seed=request.seed)
     task.check_images(max_pixels=max_image_pixels)
-    from workers.models import check_model  # torch and transformers: only once the task is known to be fine
+    from workers.catalog import check_model
 
     model = check_model(request.model)
     task.check_text(model.image_strings, source=request.data_dir or request.task)

@@ -153,12 +153,13 @@ def _sweep(plan: SweepPlan, records: SweepRecords, settings: Settings, workdir: 
     timings: dict[str, float] = {}
     # MLflow calls (and the files they upload) run on this thread, in order, so Tune's loop never waits on them
     mlflow_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="varsweep-mlflow")
+    closing = None
     try:
         clock = time.perf_counter()
-        local = connect_ray(settings)
+        connection = connect_ray(settings)
         timings["ray_start"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        with worker_pool(plan, settings, local=local) as pool:
+        with worker_pool(plan, settings, local=connection.local) as pool:
             for info in pool.ready():
                 log.info("worker %s ready on %s, node %s (%s threads): %s examples, model loaded in %ss; sink dims "
                          "%s (%s)", info["pid"], info["device"], info["node"][:8], info["threads"], info["examples"],
@@ -168,6 +169,7 @@ def _sweep(plan: SweepPlan, records: SweepRecords, settings: Settings, workdir: 
             clock = time.perf_counter()
             confirmation = confirm(plan, records.study, pool)
             timings["heldout"] = time.perf_counter() - clock
+        closing = connection.close_in_background()  # the workers are gone; nothing below needs Ray
         clock = time.perf_counter()
         mlflow_thread.shutdown(wait=True)  # every trial's run is written before the study's figures
         best_run = tracker.find_trial(confirmation.best.number)
@@ -177,6 +179,8 @@ def _sweep(plan: SweepPlan, records: SweepRecords, settings: Settings, workdir: 
         stored = _record(plan, records, confirmation, utilization, timings)
     finally:
         mlflow_thread.shutdown(wait=True)
+        if closing is not None:
+            closing.join()
     ui_url = tracker.run_url(settings.mlflow_tracking_uri) if settings.mlflow_tracking_uri.startswith("http") else None
     best = confirmation.best
     return SweepOutcome(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,6 +28,9 @@ EXAMPLES_SEEN = "examples_seen"  # Optuna's step for the intermediate value
 COMPLETE = "complete"  # the trial saw every tuning example (else it was stopped early)
 FAILURE = "failure"  # why the trial failed (a metric that is not a number): it ends FAIL, once, not retried
 REPORT = "report"  # the whole TrialReport, as plain data (Tune hands searchers a flattened copy: use the above)
+# how long a trial waits for a worker that Ray is restarting (its process killed, its node lost): placed again,
+# model reloaded; as long as the pool waits for its placement at the start (VARSWEEP_PLACEMENT_TIMEOUT's default)
+RESTART_PATIENCE = 600.0
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,6 @@ def run_trial(
 ) -> None:
     """The Tune trainable: evaluate one configuration on every worker's tuning examples, rung by rung, reporting
     the metric after each (a scheduler may stop the trial at a report)."""
-    import ray
     from ray import tune
 
     params = {k: float(v) for k, v in config.items() if k in ("tau", "rho", "p", "summ")}
@@ -72,7 +75,7 @@ def run_trial(
     stats: VARStats | None = None
     for rung in range(len(rungs)):
         groups = rungs.new_groups(rung)
-        result = merge_results(ray.get([a.evaluate.remote([var_config], "tuning", groups) for a in actors]))[0]
+        result = merge_results(_evaluate_on_every_worker(actors, var_config, groups))[0]
         answers.update(result.answers)
         if result.stats is not None:
             stats = result.stats if stats is None else stats + result.stats
@@ -101,3 +104,26 @@ def run_trial(
             torch_loaded="torch" in sys.modules,
         )
         tune.report(report.to_result(rungs.clock[rung]))
+
+
+def _evaluate_on_every_worker(actors: list[Any], var_config: Any, groups: Any) -> list[Any]:
+    """Each worker's results for one configuration. A call that reached a worker Ray is restarting fails with
+    ActorUnavailableError (Ray does not know whether it ran); evaluating is idempotent, so it is sent again until
+    the worker is back (at most RESTART_PATIENCE seconds)."""
+    import ray
+    from ray.exceptions import ActorUnavailableError
+
+    refs = [a.evaluate.remote([var_config], "tuning", groups) for a in actors]
+    results = []
+    for actor, ref in zip(actors, refs, strict=True):
+        deadline = time.monotonic() + RESTART_PATIENCE
+        while True:
+            try:
+                results.append(ray.get(ref))
+                break
+            except ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+                ref = actor.evaluate.remote([var_config], "tuning", groups)
+    return results

@@ -19,8 +19,8 @@ running counted as bad values (its constant liar), so a batch holds distinct con
 (``--early-stop asha``) a trial reports after each rung of tuning groups (:mod:`sweep.fidelity`) and Tune's ASHA
 scheduler stops the ones that fall behind; they end PRUNED in the study. Every trial sends its configuration to
 every ModelWorker, which gathers the concurrent ones into one engine batch. Trial processes are thin
-(:mod:`sweep.trial`: no torch) and reused from trial to trial; together the running trials hold one logical CPU
-and no GPU: the models live in the ModelWorker actors. Every database call here waits out an outage
+(:mod:`sweep.trial`: no torch) and reused from trial to trial; a running trial holds no CPU or GPU (only the memory
+it uses): the models live in the ModelWorker actors. Every database call here waits out an outage
 (:mod:`sweep.retry`).
 """
 
@@ -64,6 +64,7 @@ SOURCE = "source"  # where a warm-start point came from (Optuna user attribute, 
 OWNER = "sweep"  # the sweep (driver) that runs a trial
 RETRY_OF = "retry_of"  # the trial number a re-queued trial repeats
 IDENTITY = "varsweep.identity"  # what a study optimises (a study user attribute)
+TRIAL_MEMORY = 256 * 2**20  # bytes a thin trial process holds (Ray's memory resource; measured ~TODO MiB RSS)
 
 
 class StudyError(VarsweepError, RuntimeError):
@@ -175,9 +176,12 @@ def finished_trials(study: Any) -> list[Any]:
 
 
 def _requeue(study: Any, trial: Any) -> None:
-    """Queue ``trial``'s configuration again, marked as its retry (so it runs on the next ask)."""
-    attrs = {k: v for k, v in trial.user_attrs.items() if k in (ROLE, SOURCE)}
-    study.enqueue_trial(dict(trial.params), user_attrs=attrs | {RETRY_OF: trial.number})
+    """Queue ``trial``'s configuration again, marked as its retry (so it runs on the next ask); a trial with no
+    configuration yet (neither sampled nor taken from the queue) leaves nothing to queue."""
+    params = dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {}))
+    if params:
+        attrs = {k: v for k, v in trial.user_attrs.items() if k in (ROLE, SOURCE)}
+        study.enqueue_trial(params, user_attrs=attrs | {RETRY_OF: trial.number})
 
 
 def prepare_study(
@@ -204,8 +208,7 @@ def prepare_study(
         for trial in trials:
             if trial.state == state.RUNNING and trial.user_attrs.get(OWNER) not in live:
                 study.tell(trial.number, state=state.FAIL)
-                if trial.params:
-                    _requeue(study, trial)
+                _requeue(study, trial)
                 log.warning("trial %d was left running by a sweep that is gone: failed and queued again", trial.number)
         taken = (state.COMPLETE, state.PRUNED, state.WAITING, state.RUNNING)
         done_roles = {t.user_attrs.get(ROLE) for t in study.get_trials(deepcopy=False, states=taken)}
@@ -288,12 +291,17 @@ class StudySearcher(Searcher):
         import optuna
 
         def ask() -> Any:
+            state = optuna.trial.TrialState
             with self._lock():  # other drivers count and ask in turn
-                if self._limit is not None:
-                    state = optuna.trial.TrialState
-                    started = self._study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED, state.RUNNING))
-                    if len(started) >= self._limit:
-                        return None
+                started = self._study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED, state.RUNNING))
+                # a trial made by an ask that failed half-way (the database went away before its owner was
+                # written) runs nowhere: fail it (and queue its parameters again) before it is counted
+                for orphan in [t for t in started if t.state == state.RUNNING and OWNER not in t.user_attrs]:
+                    self._study.tell(orphan.number, state=state.FAIL)
+                    _requeue(self._study, orphan)
+                    started.remove(orphan)
+                if self._limit is not None and len(started) >= self._limit:
+                    return None
                 trial = self._study.ask()
                 trial.set_user_attr(OWNER, self._owner)
                 return trial
@@ -422,7 +430,9 @@ def run_search(
         tune.with_parameters(
             run_trial, actors=actors, task=task, metric=metric, convention=space.convention, rungs=rungs
         ),
-        {"cpu": 1 / concurrency},  # the running trials only wait on the workers: one logical CPU for them all
+        # no CPU or GPU: a trial only waits on the workers, and a fraction of a CPU held by trials could keep a
+        # worker that lost its node from being placed again (a whole CPU free nowhere); memory is what it uses
+        {"cpu": 0, "memory": TRIAL_MEMORY},
     )
     tuner = tune.Tuner(
         trainable,

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
-
-import torch
-from torch import nn
-from transformers import PretrainedConfig
+from typing import TYPE_CHECKING, Any, Literal
 
 from var_core.errors import UnsupportedModelError
+
+if TYPE_CHECKING:  # the table is data: a driver reads it without importing torch
+    import torch
+    from torch import nn
+    from transformers import PretrainedConfig
 
 __all__ = [
     "Family",
@@ -88,10 +89,14 @@ FAMILIES: dict[str, Family] = {
 }  # fmt: skip
 
 
+def _config_of(model: nn.Module | PretrainedConfig) -> Any:
+    """A model's config, or the config given (told apart without importing transformers)."""
+    return model if hasattr(model, "model_type") and hasattr(model, "to_dict") else getattr(model, "config", None)
+
+
 def family_of(model: nn.Module | PretrainedConfig) -> Family:
     """The family of a model, or of a model's config (so a driver can check a model without loading it)."""
-    config = model if isinstance(model, PretrainedConfig) else getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
+    model_type = getattr(_config_of(model), "model_type", None)
     if model_type not in FAMILIES:
         raise UnsupportedModelError(
             f"VAR does not know the model type {model_type!r} ({type(model).__name__}); supported: "
@@ -110,6 +115,8 @@ def _resolve(root: nn.Module, path: str) -> object:
 
 
 def backbone(model: nn.Module) -> nn.Module:
+    from torch import nn
+
     module = _resolve(model, family_of(model).backbone)
     if not isinstance(module, nn.Module):
         raise UnsupportedModelError(f"{type(model).__name__}.{family_of(model).backbone} is not a module")
@@ -117,6 +124,8 @@ def backbone(model: nn.Module) -> nn.Module:
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    from torch import nn
+
     family = family_of(model)
     layers = _resolve(model, family.layers)
     if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
@@ -126,6 +135,8 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 def residual_branches(model: nn.Module, layer: int) -> list[nn.Module]:
     """The modules of decoder layer ``layer`` whose per-position outputs are added to the residual stream."""
+    from torch import nn
+
     found = [_resolve(decoder_layers(model)[layer], path) for path in family_of(model).residual_branches]
     return [module for module in found if isinstance(module, nn.Module)]
 
@@ -133,7 +144,7 @@ def residual_branches(model: nn.Module, layer: int) -> list[nn.Module]:
 def image_token_id(model: nn.Module | PretrainedConfig) -> int:
     """The id of the image placeholder token, from the model's (or the given) config."""
     family = family_of(model)
-    config = model if isinstance(model, PretrainedConfig) else model.config
+    config = _config_of(model)
     for attr in family.image_token_attrs:
         value = getattr(config, attr, None)
         if isinstance(value, int) and value >= 0:
@@ -209,6 +220,8 @@ def prompt_positions(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> to
     M-RoPE positions come from the backbone's ``get_rope_index`` (image tokens get 2-D positions, the text after
     the image continues from the largest): explicit positions keep calls that continue a cached prefix stateless.
     """
+    import torch
+
     ids = inputs["input_ids"]
     if family_of(model).mrope:
         positions, _ = backbone(model).get_rope_index(  # type: ignore[operator]

@@ -309,8 +309,7 @@ class WorkerPool:
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device={device!r} is not 'cpu' or 'cuda'")
         bundle = {"CPU": 1.0, "GPU": 1.0} if device == "cuda" else {"CPU": float(cpus_per_worker)}
-        # the search's trial processes hold one logical CPU together (sweep.tuning)
-        _check_fits(bundle, workers, ray.cluster_resources(), device, can_grow=can_grow, reserved_cpus=1.0)
+        _check_fits(bundle, workers, ray.cluster_resources(), device, can_grow=can_grow)
         self._group = placement_group([bundle] * workers, strategy="SPREAD", name="")
         try:
             ray.get(self._group.ready(), timeout=placement_timeout)
@@ -399,13 +398,12 @@ def _check_fits(
     device: str,
     *,
     can_grow: bool,
-    reserved_cpus: float,
 ) -> None:
-    """Refuse at once what a cluster that cannot grow will never have (``reserved_cpus`` stay for the trials)."""
+    """Refuse at once what a cluster that cannot grow will never have."""
     if can_grow:
         return
     for resource, amount in bundle.items():
-        available = total.get(resource, 0.0) - (reserved_cpus if resource == "CPU" else 0.0)
+        available = total.get(resource, 0.0)
         if amount * workers > available:
             hint = "use --device cpu" if resource == "GPU" else "use fewer --workers or --worker-cpus"
             raise PlacementError(

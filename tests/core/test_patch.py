@@ -6,6 +6,8 @@ the tolerances stated there.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from support import assert_same_tokens, build_prompt, make_image, on_model
@@ -131,9 +133,27 @@ def test_patched_maps_equal_redistribute_of_unpatched_maps(case, config):
     moved = (want.float() - base.attentions[layer].float()).abs().max()
     assert moved > 5 * spec.probs_atol  # the rewrite is far larger than the tolerance it is checked to
     tolerance = {"atol": spec.probs_atol, "rtol": 1e-5 if spec.dtype == torch.float32 else spec.rtol}
-    torch.testing.assert_close(patched.attentions[layer], want, **tolerance)
+    # bfloat16: the reference's probabilities (bf16 eager) are off by up to probs_atol, the patched path's
+    # (float32 from q and k on) much less, so a row whose selection is a near-tie of rho or summ may be decided
+    # differently: compared everywhere else, and such rows must stay rare (a tenth of the rows at most)
+    ties = selection_ties(base.attentions[layer], visual, sinks, queries, config, spec.tie(spec.probs_atol))
+    assert ties.sum() <= 0.1 * queries.sum() * ties.shape[1], int(ties.sum())
+    keep = ~ties[..., None]
+    torch.testing.assert_close(patched.attentions[layer] * keep, want * keep, **tolerance)
     for earlier in range(layer):  # untouched layers, same inputs: same maps
         torch.testing.assert_close(patched.attentions[earlier], base.attentions[earlier], **tolerance)
+
+
+def selection_ties(attn, visual, sinks, queries, config, margin):
+    """``[B, H, Q]`` rows whose selection changes when rho or summ moves by ``margin`` either way (none at 0)."""
+    ties = torch.zeros(attn.shape[:3], dtype=torch.bool)
+    if margin == 0:
+        return ties
+    for name in ("rho", "summ"):
+        value = getattr(config, name)
+        low, high = (dataclasses.replace(config, **{name: min(1.0, max(0.0, value + d))}) for d in (-margin, margin))
+        ties |= redistribute(attn, visual, sinks, queries, low)[1] != redistribute(attn, visual, sinks, queries, high)[1]
+    return ties
 
 
 def test_fast_path_equals_eager_reference(tiny, tiny_inputs):

@@ -21,10 +21,11 @@ def cluster_env(head: RayHead, **extra: str) -> dict[str, str]:
 
 
 def test_two_nodes_one_worker_each_and_a_node_lost_mid_sweep(tmp_path):
-    """A head (one CPU: the trials') and two nodes of two CPUs; --workers 2 of one CPU each lands on two nodes.
-    Killing the raylet of a node with a worker mid-sweep loses no trial: the worker's placement moves to a node
-    with room, the actor restarts there and its calls are retried."""
-    head = RayHead(num_cpus=1, nodes=True)
+    """A head with no CPU (as deploy/ runs it: the driver and the trials, which hold none) and two nodes of two
+    CPUs; --workers 2 of one CPU each lands on two nodes. Killing the raylet of a node with a worker mid-sweep
+    loses no trial: the worker's placement moves to the node with room, the actor restarts there, and the trials'
+    calls to it are sent again once it is back."""
+    head = RayHead(num_cpus=0, nodes=True)
     try:
         first, second = head.add_node(num_cpus=2), head.add_node(num_cpus=2)
         sweep = Sweep(tmp_path / "work", *sweep_args(8, "--batch", "2", "--workers", "2", "--worker-cpus", "1"),
@@ -41,7 +42,7 @@ def test_two_nodes_one_worker_each_and_a_node_lost_mid_sweep(tmp_path):
         db = f"sqlite:///{tmp_path / 'work' / 'varsweep.db'}"
         trials = optuna.load_study(study_name=STUDY, storage=db).get_trials()
         done = [t for t in trials if t.state == State.COMPLETE]
-        assert len(done) == 8 and not [t for t in trials if t.state == State.RUNNING]
+        assert len(done) == 8 and not [t for t in trials if t.state in (State.RUNNING, State.FAIL)], sweep.text()[-3000:]
     finally:
         head.stop()
 

@@ -51,6 +51,14 @@ def trial_runs(uri: str, study: str = STUDY) -> list:
     return client.search_runs([experiment.experiment_id], filter_string="tags.varsweep.kind = 'trial'", max_results=500)
 
 
+def running_runs(uri: str) -> set[int]:
+    """The trial numbers whose MLflow runs are RUNNING (none while the tracking database does not exist yet)."""
+    try:
+        return {int(r.data.tags["varsweep.trial"]) for r in trial_runs(uri) if r.info.status == "RUNNING"}
+    except Exception:
+        return set()
+
+
 def children_of(pid: int) -> list[int]:
     """Every process whose parent chain leads to ``pid`` (a driver's local Ray: GCS, raylet, workers)."""
     parents: dict[int, int] = {}
@@ -114,17 +122,23 @@ def test_a_driver_killed_outright_is_reaped_and_its_trials_run_again(tmp_path):
     work = tmp_path / "work"
     sweep = Sweep(work, *sweep_args(8, "--batch", "2"), env=FAST_LEASE)
     sweep.wait_for(r"trial \d+ \(")
+    mlruns = f"sqlite:///{work / 'mlruns.db'}"
+    wait_until(lambda: running_runs(mlruns), timeout=60, what="a trial's MLflow run RUNNING", interval=0.1)
     family = children_of(sweep.process.pid)
     sweep.process.send_signal(signal.SIGKILL)
     sweep.finish(timeout=60)
+    left_running = running_runs(mlruns)  # the MLflow runs the killed driver left RUNNING
+    assert left_running
     for pid in family:  # the driver's local Ray dies with it, as on a lost node
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     db = f"sqlite:///{work / 'varsweep.db'}"
-    # the trials the killed driver left running (with parameters: one just asked for has none to run again)
-    running = [t.number for t in trials_of(db) if t.state == State.RUNNING and t.params]
+    # the trials the killed driver left running with a configuration (sampled, or taken from the queue); one just
+    # asked for has none to run again
+    running = [t.number for t in trials_of(db)
+               if t.state == State.RUNNING and (t.params or t.system_attrs.get("fixed_params"))]  # fmt: skip
     assert running
     time.sleep(7)  # its lease runs out (grace 6 s here)
 
@@ -138,9 +152,13 @@ def test_a_driver_killed_outright_is_reaped_and_its_trials_run_again(tmp_path):
     assert retried == set(running)  # every trial it was running was queued again, and ran
     killed, completed = [s.status for s in Store(db).sweeps(STUDY)]
     assert (killed, completed) == ("killed", "completed")
-    runs = trial_runs(f"sqlite:///{work / 'mlruns.db'}")
+    runs = trial_runs(mlruns)
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    assert {int(r.data.tags["varsweep.trial"]) for r in runs if r.info.status == "KILLED"} >= set(running)
+    killed_runs = {int(r.data.tags["varsweep.trial"]) for r in runs if r.info.status == "KILLED"}
+    assert killed_runs >= left_running
+    # a trial it left running has no run (its start was still queued for MLflow when it died) or a KILLED one
+    run_of = {int(r.data.tags["varsweep.trial"]): r.info.status for r in runs}
+    assert all(run_of.get(number, "KILLED") == "KILLED" for number in running)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

@@ -50,3 +50,19 @@ def test_pickled_searcher_holds_no_storage_url(tmp_path):
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / (secret + '.db')}")
     blob = pickle.dumps(StudySearcher(study, space_for("general", "paper"), mode="max"))
     assert secret.encode() not in blob and b"sqlite" not in blob
+
+
+def test_a_trial_left_by_an_ask_cut_short_is_failed_requeued_and_not_counted(study):
+    """The database went away between creating a trial and recording its owner: the ask was tried again, and the
+    trial it made first runs nowhere. The next ask fails it, queues its configuration again, and does not count it
+    against the study's total."""
+    space = space_for("vision-centric", "paper")
+    prepare_study(study, space)
+    orphan = study.ask()  # takes the baseline from the queue; no owner recorded
+    searcher = StudySearcher(study, space, mode="max", owner="me", limit=2)
+    configs = [searcher.suggest(f"t{i}") for i in range(3)]
+    trials = study.get_trials()
+    assert trials[orphan.number].state == State.FAIL
+    assert [c["role"] for c in configs[:2]] == ["paper-defaults", "baseline"]  # the baseline runs after all
+    assert configs[1]["p"] == 0.0 and trials[configs[1]["trial_number"]].user_attrs["retry_of"] == orphan.number
+    assert configs[2] == StudySearcher.FINISHED  # the limit counts the two owned trials, not the orphan

@@ -45,7 +45,7 @@ def test_equal_systems_calibrated_coverage_and_false_positives(mmvp):
     for seed in range(runs):
         rng = random.Random(seed)
         a, b = answers(mmvp, rng, 0.65), answers(mmvp, rng, 0.65)
-        result = paired_comparison(mmvp, a, b, metric="accuracy", resamples=400, seed=seed)
+        result = paired_comparison(mmvp, a, b, metric="accuracy", resamples=200, seed=seed)
         covered += result.ci_low <= 0 <= result.ci_high
         rejected += result.p_value < 0.05
     assert 0.91 <= covered / runs <= 0.985, covered
