@@ -217,11 +217,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"VAR vs off on held-out: {outcome.comparison.describe()}")
     print("best settings " + ("stored" if outcome.stored else "not stored (the stored ones are at least as good)")
           + ": python sweep/main.py best")  # fmt: skip
-    if outcome.mlflow_url:
+    uri = settings.mlflow_tracking_uri
+    if uri.startswith("http"):
         print(f"MLflow: {outcome.mlflow_url}")
     else:
-        uri = settings.mlflow_tracking_uri
-        print(f"MLflow UI: mlflow ui --backend-store-uri {uri}  then open http://127.0.0.1:5000 (run {outcome.mlflow_run_id})")
+        print(f"MLflow UI: mlflow ui --backend-store-uri {uri}  then open {outcome.mlflow_url}")
     if outcome.unlogged_runs:
         print(f"warning: {outcome.unlogged_runs} trial run(s) not logged to MLflow (kept in .varsweep/)")
     return 0

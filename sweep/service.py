@@ -50,6 +50,7 @@ __all__ = [
 log = logging.getLogger("varsweep")
 LAYER_HEAD = "var/layer_head.json"  # a trial run's [layer][head] statistics
 SAMPLES = "samples.jsonl"  # per-example answers and scores (the tuning examples a trial saw)
+LOCAL_MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local tracking store
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class SweepOutcome:
     baseline_heldout: float
     stored: bool
     mlflow_run_id: str | None
-    mlflow_url: str | None  # the study's run in the MLflow UI, when the tracking URI is a server
+    mlflow_url: str  # the study's run in the MLflow UI (the server's, or `mlflow ui`'s on a local store)
     unlogged_runs: int
     timings: dict[str, float]  # seconds: ray_start, model_load, prefixes, search, heldout, figures
     utilization: Utilization | None  # None when no trial ran now
@@ -181,7 +182,9 @@ def _sweep(plan: SweepPlan, records: SweepRecords, settings: Settings, workdir: 
         mlflow_thread.shutdown(wait=True)
         if closing is not None:
             closing.join()
-    ui_url = tracker.run_url(settings.mlflow_tracking_uri) if settings.mlflow_tracking_uri.startswith("http") else None
+    # a tracking server is its own UI; a local store is shown by `mlflow ui`, on port 5000 by default
+    server = settings.mlflow_tracking_uri.startswith("http")
+    ui_url = tracker.run_url(settings.mlflow_tracking_uri if server else LOCAL_MLFLOW_UI)
     best = confirmation.best
     return SweepOutcome(
         sweep_id=str(records.sweep_id), study=plan.study_name, metric=plan.metric, direction=plan.direction,

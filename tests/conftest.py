@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support import CASES, PRESETS, build_prompt, loaded, make_image
+from support import CASES, PRESETS, TEST_THREADS, build_prompt, loaded, make_image
+
+torch.set_num_threads(TEST_THREADS)
 
 
 @pytest.fixture(scope="session", params=PRESETS)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
+
+# torch threads of a test process: the machine's two cores, or one each when pytest-xdist runs two test processes
+# (two processes of two threads each would fight over the cores: some tests ran 10x slower)
+TEST_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
 
 # every offline preset of a real architecture (workers.models.PRESETS, less the benchmarks' larger model)
 PRESETS = ("tiny-llava", "tiny-llava-next", "tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-internvl")
@@ -65,7 +70,7 @@ def loaded(name: str, dtype: torch.dtype = torch.float32):
     share them, so a test never leaves one patched or changed."""
     from workers.models import load_model
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(TEST_THREADS)
     return load_model(name, device="cpu", dtype=dtype)
 
 

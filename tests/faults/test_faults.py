@@ -6,10 +6,12 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import optuna
@@ -260,6 +262,35 @@ def _no_image_token_model(tmp_path: Path) -> list[str]:
     return ["--data-dir", str(SAMPLE), "--model", str(folder)]
 
 
+def _image_token_in_a_question(tmp_path: Path) -> list[str]:
+    data = _copy_sample(tmp_path)
+    text = (data / "Questions.csv").read_text().replace("1,Is the circle", "1,Is the <image> circle", 1)
+    (data / "Questions.csv").write_text(text)
+    return ["--data-dir", str(data)]
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A valid 1-bit PNG of ``width`` x ``height`` black pixels: a small file that decodes to a huge image."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)  # filter byte + packed bits
+    body = b"".join(packer.compress(row * 500) for _ in range(height // 500)) + packer.compress(row * (height % 500))
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body + packer.flush()) + chunk(b"IEND", b"")
+
+
+def _huge_image(side: int):
+    def prepare(tmp_path: Path) -> list[str]:
+        data = _copy_sample(tmp_path)
+        (data / "MMVP Images" / "3.jpg").write_bytes(_png_header_only(side, side))  # Pillow reads by content
+        return ["--data-dir", str(data)]
+
+    return prepare
+
+
 BAD_INPUTS = {
     "unknown task": (lambda p: ["--task", "mmvq", "--data-dir", str(SAMPLE)], {}, "unknown task 'mmvq'"),
     "unknown model": (lambda p: ["--data-dir", str(SAMPLE), "--model", "nobody/no-such-model"], {}, "cannot load model"),
@@ -274,6 +305,10 @@ BAD_INPUTS = {
     "truncated image": (_truncated_image, {}, "3.jpg"),
     "empty dataset": (_empty_dataset, {}, "Questions.csv"),
     "model without an image token": (_no_image_token_model, {}, "no image token id"),
+    "image token in a question": (_image_token_in_a_question, {}, "the question contains '<image>'"),
+    "unknown metric": (lambda p: ["--data-dir", str(SAMPLE), "--metric", "nope"], {}, "has no metric 'nope'"),
+    "decompression bomb": (_huge_image(30000), {}, "3.jpg: refused as a decompression bomb"),
+    "image over the pixel limit": (_huge_image(12000), {}, "3.jpg: 12000x12000 is 144000000 pixels, more than"),
     "unreachable database": (
         lambda p: ["--data-dir", str(SAMPLE)],
         {"VARSWEEP_DATABASE_URL": "postgresql://varsweep:hunter2@127.0.0.1:9/varsweep", "VARSWEEP_CONNECT_TIMEOUT": "1"},

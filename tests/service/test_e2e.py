@@ -92,11 +92,18 @@ def test_embedded_defaults_no_servers(tmp_path):
 
     again = run(4)  # the same command: the study is complete, nothing is repeated and no run is created
     assert "all 4 trials are done; nothing was run" in again, again[-2000:]
-    extended = run(5)  # raising --trials extends the study by exactly the missing trial
-    assert re.search(r"5 trials \(1 run now\)", extended), extended[-2000:]
-    after = check_study(db, 5)
+    extended = run(7)  # raising --trials extends the study by exactly the missing trials
+    assert re.search(r"7 trials \(3 run now\)", extended), extended[-2000:]
+    after = check_study(db, 7)
     assert after[:4] == before
-    check_mlflow(f"sqlite:///{workdir / 'mlruns.db'}", children=5, invocations=2)
+    uri = f"sqlite:///{workdir / 'mlruns.db'}"
+    check_mlflow(uri, children=7, invocations=2)
+    # the study's best is tagged and has its figures whichever invocation ran it (here the first one)
+    best = optuna.load_study(study_name=STUDY, storage=db).best_trial.number
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name(STUDY).experiment_id], "tags.varsweep.best = 'true'")
+    assert [r.data.tags["varsweep.trial"] for r in runs] == [str(best)] and best < 4
+    assert "var/layer_head.png" in [a.path for a in client.list_artifacts(runs[0].info.run_id, "var")]
     assert [s.status for s in Store(db).sweeps(STUDY)] == ["completed"] * 3
 
 
