@@ -56,12 +56,18 @@ def model_part(args: argparse.Namespace) -> None:
             work = Path(tmp) / mode
             work.mkdir()
             settings = Settings(
-                database_url=f"sqlite:///{work / 'varsweep.db'}", mlflow_tracking_uri=f"sqlite:///{work / 'mlruns.db'}"
+                database_url=f"sqlite:///{work / 'varsweep.db'}",
+                mlflow_tracking_uri=f"sqlite:///{work / 'mlruns.db'}",
             )
             request = SweepRequest(
-                task="mmvp", model="llava-cpu-bench", trials=args.trials, data_dir=str(data), batch=args.batch,
-                early_stop=mode, metric=args.metric,
-            )  # fmt: skip
+                task="mmvp",
+                model="llava-cpu-bench",
+                trials=args.trials,
+                data_dir=str(data),
+                batch=args.batch,
+                early_stop=mode,
+                metric=args.metric,
+            )
             started = time.perf_counter()
             outcome = run_sweep(request, settings, workdir=work)
             wall = time.perf_counter() - started
@@ -69,16 +75,22 @@ def model_part(args: argparse.Namespace) -> None:
             study = optuna.load_study(study_name=request.study_name, storage=settings.study_url)
             pruned = len(study.get_trials(states=(State.PRUNED,)))
             rows.append((mode, evaluations_spent(study), pruned, wall, outcome))
-    print(f"## 1. benchmark shape: llava-cpu-bench, {args.pairs} MMVP pairs, {args.trials} trials, --batch "
-          f"{args.batch}, metric {args.metric}")
+    print(
+        f"## 1. benchmark shape: llava-cpu-bench, {args.pairs} MMVP pairs, {args.trials} trials, --batch "
+        f"{args.batch}, metric {args.metric}"
+    )
     print()
-    print("| --early-stop | tuning evaluations | trials stopped early | wall (s) | best (tuning) | best (held-out) | "
-          "best configuration |")
+    print(
+        "| --early-stop | tuning evaluations | trials stopped early | wall (s) | best (tuning) | best (held-out) | "
+        "best configuration |"
+    )
     print("|---|---|---|---|---|---|---|")
     for mode, spent, pruned, wall, o in rows:
         p = o.best_params
-        print(f"| {mode} | {spent} | {pruned} | {wall:.1f} | {o.tuning_value:.4f} | {o.heldout_value:.4f} | "
-              f"tau {p['tau']:.2f} rho {p['rho']:.3f} p {p['p']:.3f} |")
+        print(
+            f"| {mode} | {spent} | {pruned} | {wall:.1f} | {o.tuning_value:.4f} | {o.heldout_value:.4f} | "
+            f"tau {p['tau']:.2f} rho {p['rho']:.3f} p {p['p']:.3f} |"
+        )
     print(f"evaluations saved by asha: {1 - rows[1][1] / rows[0][1]:.0%}")
     print()
 
@@ -107,11 +119,14 @@ class StandIn:
 
 
 def synthetic_part(args: argparse.Namespace) -> None:
-    ignore = SearchHooks(on_start=lambda *a: None, on_rung=lambda r: None, on_end=lambda r: None,
-                         on_error=lambda n: None)  # fmt: skip
+    ignore = SearchHooks(
+        on_start=lambda *a: None, on_rung=lambda r: None, on_end=lambda r: None, on_error=lambda n: None
+    )
     results: dict[str, list[tuple[float, bool, int]]] = {"off": [], "asha": []}
     with tempfile.TemporaryDirectory() as tmp:
-        task = get_task("mmvp", data_dir=str(write_mmvp_folder(Path(tmp) / "mmvp", pairs=args.synthetic_pairs)))
+        task = get_task(
+            "mmvp", data_dir=str(write_mmvp_folder(Path(tmp) / "mmvp", pairs=args.synthetic_pairs))
+        )
         tuning_groups, _ = split_groups(task.groups, holdout=0.3, seed=0)
         tuning = task.select(tuning_groups)
         space = space_for("vision-centric", "paper")
@@ -119,31 +134,56 @@ def synthetic_part(args: argparse.Namespace) -> None:
         actor = StandIn.remote(tuning)
         for seed in range(args.seeds):
             for mode in ("off", "asha"):
-                rungs = Rungs.geometric(tuning_groups, seed=seed) if mode == "asha" else Rungs.single(tuning_groups)
-                study = open_study(name=f"synthetic-{mode}-{seed}", url=f"sqlite:///{Path(tmp) / 'studies.db'}",
-                                   direction="maximize", seed=seed)  # fmt: skip
+                rungs = (
+                    Rungs.geometric(tuning_groups, seed=seed)
+                    if mode == "asha"
+                    else Rungs.single(tuning_groups)
+                )
+                study = open_study(
+                    name=f"synthetic-{mode}-{seed}",
+                    url=f"sqlite:///{Path(tmp) / 'studies.db'}",
+                    direction="maximize",
+                    seed=seed,
+                )
                 prepare_study(study, space)
                 run_search(
-                    study=study, space=space, trials=args.trials, batch=args.batch, rungs=rungs, early_stop=mode,
-                    actors=[actor], task=tuning, metric="accuracy", direction="maximize",
-                    storage_path=Path(tmp) / "tune", hooks=ignore,
-                )  # fmt: skip
+                    study=study,
+                    space=space,
+                    trials=args.trials,
+                    batch=args.batch,
+                    rungs=rungs,
+                    early_stop=mode,
+                    actors=[actor],
+                    task=tuning,
+                    metric="accuracy",
+                    direction="maximize",
+                    storage_path=Path(tmp) / "tune",
+                    hooks=ignore,
+                )
                 finished = study.get_trials(states=(State.COMPLETE, State.PRUNED))
-                truth = {t.number: objective(t.params["tau"], t.params["rho"], t.params["p"]) for t in finished}
+                truth = {
+                    t.number: objective(t.params["tau"], t.params["rho"], t.params["p"]) for t in finished
+                }
                 truly_best = max(finished, key=lambda t: truth[t.number])
                 kept = truly_best.state == State.COMPLETE
                 results[mode].append((truth[study.best_trial.number], kept, evaluations_spent(study)))
         ray.shutdown()
-    print(f"## 2. synthetic objective: {args.seeds} seeds, {args.trials} trials, --batch {args.batch}, "
-          f"{len(tuning.examples)} tuning examples in {len(tuning_groups)} groups; true optimum f = 1")
+    print(
+        f"## 2. synthetic objective: {args.seeds} seeds, {args.trials} trials, --batch {args.batch}, "
+        f"{len(tuning.examples)} tuning examples in {len(tuning_groups)} groups; true optimum f = 1"
+    )
     print()
-    print("| --early-stop | truly best configuration kept to the last rung | true f of the chosen best: mean | worst | "
-          "tuning evaluations: mean |")
+    print(
+        "| --early-stop | truly best configuration kept to the last rung | true f of the chosen best: mean | worst | "
+        "tuning evaluations: mean |"
+    )
     print("|---|---|---|---|---|")
     for mode, rows in results.items():
         kept = sum(k for _, k, _ in rows)
-        print(f"| {mode} | {kept} of {len(rows)} | {statistics.mean(v for v, _, _ in rows):.3f} | "
-              f"{min(v for v, _, _ in rows):.3f} | {statistics.mean(e for _, _, e in rows):.0f} |")
+        print(
+            f"| {mode} | {kept} of {len(rows)} | {statistics.mean(v for v, _, _ in rows):.3f} | "
+            f"{min(v for v, _, _ in rows):.3f} | {statistics.mean(e for _, _, e in rows):.0f} |"
+        )
     off = statistics.mean(e for _, _, e in results["off"])
     asha = statistics.mean(e for _, _, e in results["asha"])
     print(f"evaluations saved by asha: {1 - asha / off:.0%}")

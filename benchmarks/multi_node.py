@@ -39,17 +39,35 @@ def free_port() -> int:
 
 def start(temp: Path, env: dict[str, str], *, head: str | None, cpus: int) -> str:
     """``ray start`` a head (``head=None``) or a node joining ``head``; returns the head's address."""
-    ports = [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-             f"--runtime-env-agent-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-             f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}"]  # fmt: skip
+    ports = [
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+    ]
     if head is None:
         address = f"127.0.0.1:{free_port()}"
-        role = ["--head", f"--port={address.rsplit(':', 1)[1]}", "--include-dashboard=false",
-                f"--ray-client-server-port={free_port()}"]  # fmt: skip
+        role = [
+            "--head",
+            f"--port={address.rsplit(':', 1)[1]}",
+            "--include-dashboard=false",
+            f"--ray-client-server-port={free_port()}",
+        ]
     else:
         address, role = head, [f"--address={head}"]
-    command = [RAY, "start", *role, "--node-ip-address=127.0.0.1", *ports, f"--temp-dir={temp}",
-               f"--num-cpus={cpus}", "--num-gpus=0", "--disable-usage-stats"]  # fmt: skip
+    command = [
+        RAY,
+        "start",
+        *role,
+        "--node-ip-address=127.0.0.1",
+        *ports,
+        f"--temp-dir={temp}",
+        f"--num-cpus={cpus}",
+        "--num-gpus=0",
+        "--disable-usage-stats",
+    ]
     subprocess.run(command, env=env, check=True, capture_output=True, timeout=120)
     return address
 
@@ -60,9 +78,11 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=16)
     args = parser.parse_args()
     temp = Path(tempfile.mkdtemp(prefix="vsmn-", dir="/tmp"))  # short: Ray's socket paths are limited
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-           "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
-    os.environ.update({k: env[k] for k in ("RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")})
+    # a throwaway cluster on loopback: no token authentication. Not RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: Ray
+    # refuses a second node with it
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # the driver joins the same way
     rows = []
     try:
         head = start(temp, env, head=None, cpus=0)
@@ -73,34 +93,51 @@ def main() -> None:
             work = temp / f"w{workers}"
             work.mkdir()
             settings = Settings(
-                database_url=f"sqlite:///{work / 'varsweep.db'}", mlflow_tracking_uri=f"sqlite:///{work / 'mlruns.db'}",
+                database_url=f"sqlite:///{work / 'varsweep.db'}",
+                mlflow_tracking_uri=f"sqlite:///{work / 'mlruns.db'}",
                 ray_address=head,
-            )  # fmt: skip
-            request = SweepRequest(task="mmvp", model="llava-cpu-bench", trials=args.trials, data_dir=str(data),
-                                   batch=args.trials, workers=workers, worker_cpus=1, device="cpu")  # fmt: skip
+            )
+            request = SweepRequest(
+                task="mmvp",
+                model="llava-cpu-bench",
+                trials=args.trials,
+                data_dir=str(data),
+                batch=args.trials,
+                workers=workers,
+                worker_cpus=1,
+                device="cpu",
+            )
             started = time.perf_counter()
             outcome = run_sweep(request, settings, workdir=work)
             wall = time.perf_counter() - started
             ray.shutdown()
             rows.append((workers, wall, outcome))
     finally:
-        subprocess.run(["pkill", "-9", "-f", str(temp)], capture_output=True)  # only what it started (not `ray stop`)
+        subprocess.run(
+            ["pkill", "-9", "-f", str(temp)], capture_output=True
+        )  # only what it started (not `ray stop`)
         shutil.rmtree(temp, ignore_errors=True)
 
-    print(f"llava-cpu-bench, MMVP {args.pairs} pairs, {args.trials} trials in one batch; a head (0 CPUs: driver, "
-          f"trials) + 2 nodes of 1 CPU, on loopback")  # fmt: skip
+    print(
+        f"llava-cpu-bench, MMVP {args.pairs} pairs, {args.trials} trials in one batch; a head (0 CPUs: driver, "
+        f"trials) + 2 nodes of 1 CPU, on loopback"
+    )
     print()
     print("| workers | prefixes + search (s) | evaluations / s | workers busy | whole sweep (s) |")
     print("|---|---|---|---|---|")
     for workers, wall, o in rows:
         u = o.utilization
-        print(f"| {workers} | {o.timings['search']:.1f} | {u.evaluations_per_second:.2f} | {100 * u.busy:.0f}% | "
-              f"{wall:.1f} |")
+        print(
+            f"| {workers} | {o.timings['search']:.1f} | {u.evaluations_per_second:.2f} | {100 * u.busy:.0f}% | "
+            f"{wall:.1f} |"
+        )
     one, two = rows[0][2], rows[1][2]
     print()
-    print(f"2 workers vs 1: {one.timings['search'] / two.timings['search']:.2f}x faster (prefixes + search), "
-          f"{two.utilization.evaluations_per_second / one.utilization.evaluations_per_second:.2f}x the evaluations/s; "
-          f"same best: {one.best_params == two.best_params}")
+    print(
+        f"2 workers vs 1: {one.timings['search'] / two.timings['search']:.2f}x faster (prefixes + search), "
+        f"{two.utilization.evaluations_per_second / one.utilization.evaluations_per_second:.2f}x the evaluations/s; "
+        f"same best: {one.best_params == two.best_params}"
+    )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,10 @@ from workers.tasks import get_task, option_token_ids
 
 def sample_configs(n: int, seed: int = 0) -> list[VARConfig | None]:
     rng = random.Random(seed)
-    configs: list[VARConfig | None] = [None, VARConfig(rho=0.9)]  # VAR off; the paper's vision-centric default
+    configs: list[VARConfig | None] = [
+        None,
+        VARConfig(rho=0.9),
+    ]  # VAR off; the paper's vision-centric default
     while len(configs) < n:
         configs.append(
             VARConfig(tau=rng.uniform(5, 30), rho=rng.uniform(0.3, 1.0), p=rng.uniform(0.1, 1.0), summ=0.2)
@@ -132,7 +135,9 @@ def main() -> None:
         engine.close()
 
     evaluations = len(configs) * len(examples)
-    identical = all(results[c].choices[e.id] == naive[(c, e.id)] for c in range(len(configs)) for e in examples)
+    identical = all(
+        results[c].choices[e.id] == naive[(c, e.id)] for c in range(len(configs)) for e in examples
+    )
     baseline = results[0].choices
     changed = sum(any(r.choices[e.id] != baseline[e.id] for e in examples) for r in results[1:])
     shares = [r.stats.summary()["selected_share"] for r in results if r.stats is not None]
@@ -144,18 +149,24 @@ def main() -> None:
         f"model: LLaVA-shaped, text {shape.hidden} x {shape.layers} layers, vision {shape.vision_hidden} x "
         f"{shape.vision_layers} at {shape.image_size} px; {dtype}; {device}"
     )
-    print(f"prompt: {n_image} image tokens + {n_text} text tokens; {len(configs)} configs x {len(examples)} examples")
+    print(
+        f"prompt: {n_image} image tokens + {n_text} text tokens; {len(configs)} configs x {len(examples)} examples"
+    )
     print()
     print("| method | evaluations | seconds | evaluations / s | ratio | peak memory |")
     print("|---|---|---|---|---|---|")
-    print(f"| naive full-prompt | {evaluations} | {naive_seconds:.1f} | {naive_rate:.2f} | 1.00x | {naive_memory} |")
+    print(
+        f"| naive full-prompt | {evaluations} | {naive_seconds:.1f} | {naive_rate:.2f} | 1.00x | {naive_memory} |"
+    )
     print(
         f"| engine (prefix once, suffix batch) | {evaluations} | {engine_seconds:.1f} | {engine_rate:.2f} | "
         f"{engine_rate / naive_rate:.2f}x | {engine_memory}; prefix cache {cache_bytes / 2**20:.0f} MiB |"
     )
     print()
-    print(f"selected share (VAR configs): min {min(shares):.3f}, max {max(shares):.3f}; "
-          f"mass moved per row: max {max(moved):.4f}")
+    print(
+        f"selected share (VAR configs): min {min(shares):.3f}, max {max(shares):.3f}; "
+        f"mass moved per row: max {max(moved):.4f}"
+    )
     print(f"configs that changed a prediction vs VAR off: {changed} of {len(configs) - 1}")
     print(
         f"measured limit: naive per evaluation {per_eval_naive * 1e3:.1f} ms / suffix only (prefixes computed) "

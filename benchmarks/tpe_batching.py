@@ -67,14 +67,18 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     print(f"{args.trials} trials, {args.seeds} seeds, noise sd {args.noise}; true optimum 1.000")
     print()
-    print("| batch (trials in flight) | true value of the best found: mean | median | worst seed | "
-          "seeds within 0.05 of the optimum |")
+    print(
+        "| batch (trials in flight) | true value of the best found: mean | median | worst seed | "
+        "seeds within 0.05 of the optimum |"
+    )
     print("|---|---|---|---|---|")
     for batch in args.batches:
         values = [run(batch, seed, args.trials, args.noise) for seed in range(args.seeds)]
         near = sum(v >= 0.95 for v in values)
-        print(f"| {batch} | {statistics.mean(values):.3f} | {statistics.median(values):.3f} | {min(values):.3f} | "
-              f"{near} of {args.seeds} |")
+        print(
+            f"| {batch} | {statistics.mean(values):.3f} | {statistics.median(values):.3f} | {min(values):.3f} | "
+            f"{near} of {args.seeds} |"
+        )
 
 
 if __name__ == "__main__":

@@ -93,14 +93,18 @@ def main() -> None:
                 times[name].append(elapsed)
 
     base = statistics.median(times["unpatched SDPA"])
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    device_name = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    )
     print(
         f"model: LLaVA-1.5-shaped, text hidden {shape.hidden} x {shape.layers} layers, {shape.heads} heads, "
         f"vision {shape.vision_hidden} x {shape.vision_layers} at {shape.image_size} px; {dtype}; "
         f"device {device.type} ({device_name}, {torch.get_num_threads()} threads)"
     )
-    print(f"prompt: {n_image} image tokens + {n_text} text tokens; {args.new_tokens} new tokens; "
-          f"median of {args.repeats}; VAR {config}")
+    print(
+        f"prompt: {n_image} image tokens + {n_text} text tokens; {args.new_tokens} new tokens; "
+        f"median of {args.repeats}; VAR {config}"
+    )
     print()
     print("| path | generate (ms) | vs unpatched SDPA | selected share | mass moved per row |")
     print("|---|---|---|---|---|")

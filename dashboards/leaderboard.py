@@ -59,15 +59,27 @@ small { color: #59636e; }
 
 _COLUMNS = (
     ("task", "text", None),
-    ("convention", "text", "paper or official (docs/method.md section 4): tau, rho and p mean different things"),
+    (
+        "convention",
+        "text",
+        "paper or official (docs/method.md section 4): tau, rho and p mean different things",
+    ),
     ("metric", "text", None),
     ("held-out", None, "VAR on: the best configuration on the held-out split"),
     ("VAR off", None, "the baseline (VAR off) on the same held-out split"),
-    ("delta [95% CI]", None, "held-out minus VAR off on the same groups, with its clustered bootstrap interval; "
-     "green or red only when the interval and the paired test (p < 0.05) say it is more than noise"),
+    (
+        "delta [95% CI]",
+        None,
+        "held-out minus VAR off on the same groups, with its clustered bootstrap interval; "
+        "green or red only when the interval and the paired test (p < 0.05) say it is more than noise",
+    ),
     ("p-value", None, "paired randomisation test of VAR on against VAR off (two-sided)"),
     ("tuning", None, "the best trial on the tuning split"),
-    ("gap", None, "tuning minus held-out: how much the best of many trials flattered itself (winner's curse)"),
+    (
+        "gap",
+        None,
+        "tuning minus held-out: how much the best of many trials flattered itself (winner's curse)",
+    ),
     ("tau", None, "sink threshold on phi"),
     ("rho", None, "image-centric head threshold"),
     ("p", None, "attention fraction parameter of the convention"),

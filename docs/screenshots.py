@@ -55,8 +55,15 @@ def browser() -> Any:
 
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1500,950",
-                 "--disable-background-networking", "--disable-component-update", "--no-first-run"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--window-size=1500,950",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 
@@ -67,32 +74,96 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VARSWEEP_", "MLFLOW_", "RAY_ADDRESS"))}
     sample = REPO / "examples" / "mmvp-sample"
     for trials in (6, 10):
-        subprocess.run([str(BIN / "varsweep"), "sweep", "--task", "mmvp", "--data-dir", str(sample), "--trials",
-                        str(trials), "--batch", "4"], cwd=work, env=env, check=True)  # fmt: skip
+        subprocess.run(
+            [
+                str(BIN / "varsweep"),
+                "sweep",
+                "--task",
+                "mmvp",
+                "--data-dir",
+                str(sample),
+                "--trials",
+                str(trials),
+                "--batch",
+                "4",
+            ],
+            cwd=work,
+            env=env,
+            check=True,
+        )
 
     ports = {"mlflow": free_port(), "optuna": free_port(), "board": free_port()}
     servers = [
-        subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{work / 'mlruns.db'}",
-                          "--host", "127.0.0.1", "--port", str(ports["mlflow"]), "--workers", "1"], cwd=work,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen([str(BIN / "optuna-dashboard"), f"sqlite:///{work / 'varsweep.db'}", "--host", "127.0.0.1",
-                          "--port", str(ports["optuna"])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen([str(BIN / "varsweep"), "leaderboard", "--serve", "--port", str(ports["board"]),
-                          "--mlflow-ui", f"http://127.0.0.1:{ports['mlflow']}"], cwd=work, env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-    ]  # fmt: skip
+        subprocess.Popen(
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{work / 'mlruns.db'}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ports["mlflow"]),
+                "--workers",
+                "1",
+            ],
+            cwd=work,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+        subprocess.Popen(
+            [
+                str(BIN / "optuna-dashboard"),
+                f"sqlite:///{work / 'varsweep.db'}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ports["optuna"]),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+        subprocess.Popen(
+            [
+                str(BIN / "varsweep"),
+                "leaderboard",
+                "--serve",
+                "--port",
+                str(ports["board"]),
+                "--mlflow-ui",
+                f"http://127.0.0.1:{ports['mlflow']}",
+            ],
+            cwd=work,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+    ]
     try:
         mlflow = f"http://127.0.0.1:{ports['mlflow']}"
-        for url in (f"{mlflow}/health", f"http://127.0.0.1:{ports['optuna']}/api/studies",
-                    f"http://127.0.0.1:{ports['board']}/"):  # fmt: skip
+        for url in (
+            f"{mlflow}/health",
+            f"http://127.0.0.1:{ports['optuna']}/api/studies",
+            f"http://127.0.0.1:{ports['board']}/",
+        ):
             wait_for(url)
-        experiment = json.load(urllib.request.urlopen(
-            f"{mlflow}/api/2.0/mlflow/experiments/get-by-name?experiment_name={urllib.request.quote(STUDY)}"
-        ))["experiment"]["experiment_id"]  # fmt: skip
-        runs = json.load(urllib.request.urlopen(urllib.request.Request(
-            f"{mlflow}/api/2.0/mlflow/runs/search", method="POST", headers={"Content-Type": "application/json"},
-            data=json.dumps({"experiment_ids": [experiment], "filter": "tags.`varsweep.best` = 'true'"}).encode(),
-        )))["runs"]  # fmt: skip
+        experiment = json.load(
+            urllib.request.urlopen(
+                f"{mlflow}/api/2.0/mlflow/experiments/get-by-name?experiment_name={urllib.request.quote(STUDY)}"
+            )
+        )["experiment"]["experiment_id"]
+        runs = json.load(
+            urllib.request.urlopen(
+                urllib.request.Request(
+                    f"{mlflow}/api/2.0/mlflow/runs/search",
+                    method="POST",
+                    headers={"Content-Type": "application/json"},
+                    data=json.dumps(
+                        {"experiment_ids": [experiment], "filter": "tags.`varsweep.best` = 'true'"}
+                    ).encode(),
+                )
+            )
+        )["runs"]
         best = runs[0]["info"]["run_id"]
         driver = browser()
         try:
@@ -103,7 +174,10 @@ def main() -> None:
             for close in driver.find_elements(By.CSS_SELECTOR, "button[aria-label='Close']"):
                 close.click()  # the assistant's side panel
             # the study's run: its expander (the "+" beside the run name) shows its trial runs
-            driver.find_element(By.CSS_SELECTOR, "[col-id='attributes.`Run Name`'] button[data-component-id*='runnamecellrenderer']").click()
+            driver.find_element(
+                By.CSS_SELECTOR,
+                "[col-id='attributes.`Run Name`'] button[data-component-id*='runnamecellrenderer']",
+            ).click()
             time.sleep(3)
             driver.save_screenshot(str(OUT / "mlflow-runs.png"))
             driver.get(f"{mlflow}/#/experiments/{experiment}/runs/{best}?workflowType=machine_learning")

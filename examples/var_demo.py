@@ -1,6 +1,6 @@
 """Answer one question with a VAR-patched tiny LLaVA, VAR off and on, and show what VAR did.
 
-    python examples/var_demo.py
+python examples/var_demo.py
 """
 
 from __future__ import annotations
@@ -30,8 +30,12 @@ def main() -> None:
             with torch.no_grad():
                 logits = model(**inputs).logits[0, -1, options]
             probs = torch.softmax(logits, -1).tolist()
-            print(f"{label}: P(A)={probs[0]:.4f} P(B)={probs[1]:.4f}  stats={handle.stats(reset=True).summary()}")
-    print("(tiny-llava has random weights: the answers mean nothing; the point is that VAR acts and is undone)")
+            print(
+                f"{label}: P(A)={probs[0]:.4f} P(B)={probs[1]:.4f}  stats={handle.stats(reset=True).summary()}"
+            )
+    print(
+        "(tiny-llava has random weights: the answers mean nothing; the point is that VAR acts and is undone)"
+    )
 
 
 if __name__ == "__main__":

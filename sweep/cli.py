@@ -82,49 +82,97 @@ def build_parser(prog: str = "python sweep/main.py") -> argparse.ArgumentParser:
     )
     run = parser.add_argument_group("the sweep")
     run.add_argument("--task", help="benchmark: mmvp, pope, cv_bench, chair, mme, vqav2, gqa, vizwiz, mmhal")
-    run.add_argument("--model", default="tiny-llava",
-                     help="hub id, local folder, or offline preset tiny-llava / tiny-qwen2-vl (default: tiny-llava)")  # fmt: skip
-    run.add_argument("--trials", type=_positive_int, default=20,
-                     help="total trials of the study, counting the baseline and the paper's defaults (default 20)")  # fmt: skip
-    run.add_argument("--workers", type=_positive_int, default=None,
-                     help="model workers (default: one per GPU, else 1)")  # fmt: skip
-    run.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                     help="where the model workers run: cuda = one GPU each (num_gpus=1), waiting up to "
-                          "VARSWEEP_PLACEMENT_TIMEOUT seconds for the cluster (or its autoscaler) to offer them; "
-                          "cpu = CPU workers; auto = cuda when the cluster has GPUs at start, else cpu "
-                          "(default auto)")  # fmt: skip
-    run.add_argument("--batch", type=_positive_int, default=16,
-                     help="configurations evaluated together per worker call, i.e. trials run at once (default "
-                          "16; fewer gives TPE more feedback per proposal, more keeps the workers busier)")  # fmt: skip
-    run.add_argument("--early-stop", choices=["off", "asha"], default="off",
-                     help="asha: every trial sees the tuning groups in rungs (1/8, 1/4, 1/2, all) and Ray Tune's "
-                          "ASHA stops those that fall behind; they count as trials, but never as the best "
-                          "(default off)")  # fmt: skip
-    run.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=True,
-                     help="a new study first tries the stored best settings of this model on other tasks and of "
-                          "this task on other models (default on)")  # fmt: skip
+    run.add_argument(
+        "--model",
+        default="tiny-llava",
+        help="hub id, local folder, or offline preset tiny-llava / tiny-qwen2-vl (default: tiny-llava)",
+    )
+    run.add_argument(
+        "--trials",
+        type=_positive_int,
+        default=20,
+        help="total trials of the study, counting the baseline and the paper's defaults (default 20)",
+    )
+    run.add_argument(
+        "--workers", type=_positive_int, default=None, help="model workers (default: one per GPU, else 1)"
+    )
+    run.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where the model workers run: cuda = one GPU each (num_gpus=1), waiting up to "
+        "VARSWEEP_PLACEMENT_TIMEOUT seconds for the cluster (or its autoscaler) to offer them; "
+        "cpu = CPU workers; auto = cuda when the cluster has GPUs at start, else cpu "
+        "(default auto)",
+    )
+    run.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=16,
+        help="configurations evaluated together per worker call, i.e. trials run at once (default "
+        "16; fewer gives TPE more feedback per proposal, more keeps the workers busier)",
+    )
+    run.add_argument(
+        "--early-stop",
+        choices=["off", "asha"],
+        default="off",
+        help="asha: every trial sees the tuning groups in rungs (1/8, 1/4, 1/2, all) and Ray Tune's "
+        "ASHA stops those that fall behind; they count as trials, but never as the best "
+        "(default off)",
+    )
+    run.add_argument(
+        "--warm-start",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a new study first tries the stored best settings of this model on other tasks and of "
+        "this task on other models (default on)",
+    )
     dims = run.add_mutually_exclusive_group()
-    dims.add_argument("--sink-dims", type=_dims, metavar="D1,D2",
-                      help="the model's sink dimensions (default: the base LLM's, from var_core's table)")  # fmt: skip
-    dims.add_argument("--discover-sink-dims", action="store_true",
-                      help="find the sink dimensions from the model's activations on a few prompts")  # fmt: skip
-    run.add_argument("--worker-cpus", type=_positive_int, default=None,
-                     help="CPUs (torch threads) of each CPU worker (default: a local Ray's cores / workers; "
-                          "1 on a cluster)")  # fmt: skip
+    dims.add_argument(
+        "--sink-dims",
+        type=_dims,
+        metavar="D1,D2",
+        help="the model's sink dimensions (default: the base LLM's, from var_core's table)",
+    )
+    dims.add_argument(
+        "--discover-sink-dims",
+        action="store_true",
+        help="find the sink dimensions from the model's activations on a few prompts",
+    )
+    run.add_argument(
+        "--worker-cpus",
+        type=_positive_int,
+        default=None,
+        help="CPUs (torch threads) of each CPU worker (default: a local Ray's cores / workers; "
+        "1 on a cluster)",
+    )
     run.add_argument("--data-dir", help="folder that directly holds the benchmark's files")
     run.add_argument("--split", help="benchmark split or file (e.g. POPE: random, popular, adversarial)")
-    run.add_argument("--limit", type=_positive_int, default=None,
-                     help="keep the first K groups (MMVP pairs, POPE images) before splitting")  # fmt: skip
+    run.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=None,
+        help="keep the first K groups (MMVP pairs, POPE images) before splitting",
+    )
     run.add_argument("--study", help="Optuna study name (default <model>:<task>:<convention>)")
     run.add_argument("--seed", type=int, default=0, help="seed of the split and the sampler (default 0)")
     run.add_argument("--holdout", type=float, default=0.3, help="fraction of groups held out (default 0.3)")
     run.add_argument("--metric", help="metric to optimise (default: the task's headline metric)")
-    run.add_argument("--convention", choices=["paper", "official"], default="paper",
-                     help="VAR convention of the searched parameters (default paper; see docs/method.md)")  # fmt: skip
+    run.add_argument(
+        "--convention",
+        choices=["paper", "official"],
+        default="paper",
+        help="VAR convention of the searched parameters (default paper; see docs/method.md)",
+    )
     run.add_argument("--search-summ", action="store_true", help="also search summ (default: fixed at 0.2)")
     for name, default in (("tau", "5 40"), ("rho", "by task group"), ("p", "0 1")):
-        run.add_argument(f"--{name}-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
-                         help=f"search range of {name}, in --convention's terms (default {default})")  # fmt: skip
+        run.add_argument(
+            f"--{name}-range",
+            nargs=2,
+            type=float,
+            metavar=("LOW", "HIGH"),
+            help=f"search range of {name}, in --convention's terms (default {default})",
+        )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -140,7 +188,9 @@ def build_best_parser(prog: str = "python sweep/main.py best") -> argparse.Argum
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
+    )
     for noisy in ("ray", "ray.tune", "alembic", "mlflow", "transformers", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -158,15 +208,45 @@ def cmd_best(argv: Sequence[str], prog: str = "python sweep/main.py best") -> in
     if not rows:
         print("no best settings stored yet")
         return 0
-    header = ["model", "task", "convention", "tau", "rho", "p", "summ", "metric", "held-out", "VAR off", "delta [95% CI]",
-              "p-value", "tuning", "gap", "groups (tune/held)", "updated"]  # fmt: skip
+    header = [
+        "model",
+        "task",
+        "convention",
+        "tau",
+        "rho",
+        "p",
+        "summ",
+        "metric",
+        "held-out",
+        "VAR off",
+        "delta [95% CI]",
+        "p-value",
+        "tuning",
+        "gap",
+        "groups (tune/held)",
+        "updated",
+    ]
     table = [
-        [r.model, r.task, r.convention, f"{r.tau:.2f}", f"{r.rho:.3f}", f"{r.p:.3f}", f"{r.summ:.2f}", r.metric,
-         f"{r.heldout_value:.4f}", f"{r.baseline_heldout:.4f}", _interval(r), "-" if r.p_value is None else f"{r.p_value:.2g}",
-         f"{r.tuning_value:.4f}", f"{r.tuning_value - r.heldout_value:+.4f}", f"{r.n_tuning}/{r.n_heldout}",
-         r.updated_at.strftime("%Y-%m-%d %H:%M") if r.updated_at else ""]
+        [
+            r.model,
+            r.task,
+            r.convention,
+            f"{r.tau:.2f}",
+            f"{r.rho:.3f}",
+            f"{r.p:.3f}",
+            f"{r.summ:.2f}",
+            r.metric,
+            f"{r.heldout_value:.4f}",
+            f"{r.baseline_heldout:.4f}",
+            _interval(r),
+            "-" if r.p_value is None else f"{r.p_value:.2g}",
+            f"{r.tuning_value:.4f}",
+            f"{r.tuning_value - r.heldout_value:+.4f}",
+            f"{r.n_tuning}/{r.n_heldout}",
+            r.updated_at.strftime("%Y-%m-%d %H:%M") if r.updated_at else "",
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     _print_table(header, table)
     return 0
 
@@ -190,33 +270,61 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CLIUsageError("--task is required (e.g. --task mmvp)")
     settings = Settings()
     request = SweepRequest(
-        task=args.task, model=args.model, trials=args.trials, workers=args.workers, data_dir=args.data_dir,
-        split=args.split, limit=args.limit, study=args.study, seed=args.seed, holdout=args.holdout,
-        metric=args.metric, convention=args.convention, search_summ=args.search_summ,
-        tau_range=_pair(args.tau_range), rho_range=_pair(args.rho_range), p_range=_pair(args.p_range),
-        batch=args.batch, worker_cpus=args.worker_cpus, early_stop=args.early_stop, warm_start=args.warm_start,
-        device=args.device, sink_dims=args.sink_dims, discover_sink_dims=args.discover_sink_dims,
-    )  # fmt: skip
+        task=args.task,
+        model=args.model,
+        trials=args.trials,
+        workers=args.workers,
+        data_dir=args.data_dir,
+        split=args.split,
+        limit=args.limit,
+        study=args.study,
+        seed=args.seed,
+        holdout=args.holdout,
+        metric=args.metric,
+        convention=args.convention,
+        search_summ=args.search_summ,
+        tau_range=_pair(args.tau_range),
+        rho_range=_pair(args.rho_range),
+        p_range=_pair(args.p_range),
+        batch=args.batch,
+        worker_cpus=args.worker_cpus,
+        early_stop=args.early_stop,
+        warm_start=args.warm_start,
+        device=args.device,
+        sink_dims=args.sink_dims,
+        discover_sink_dims=args.discover_sink_dims,
+    )
     outcome = run_sweep(request, settings)
     print()
     if isinstance(outcome, NothingToRun):
-        print(f"study {outcome.study}: all {outcome.trials_total} trials are done; nothing was run "
-              f"(raise --trials to extend it)")  # fmt: skip
+        print(
+            f"study {outcome.study}: all {outcome.trials_total} trials are done; nothing was run "
+            f"(raise --trials to extend it)"
+        )
         if outcome.best is not None:
             r = outcome.best
-            print(f"stored best: tau {r.tau:.2f}  rho {r.rho:.3f}  p {r.p:.3f}  summ {r.summ:.2f}; {r.metric} "
-                  f"held-out {r.heldout_value:.4f} vs VAR off {r.baseline_heldout:.4f}: python sweep/main.py best")  # fmt: skip
+            print(
+                f"stored best: tau {r.tau:.2f}  rho {r.rho:.3f}  p {r.p:.3f}  summ {r.summ:.2f}; {r.metric} "
+                f"held-out {r.heldout_value:.4f} vs VAR off {r.baseline_heldout:.4f}: python sweep/main.py best"
+            )
         return 0
     p = outcome.best_params
     print(f"study {outcome.study}: {outcome.trials_total} trials ({outcome.trials_run} run now)")
-    print(f"best ({outcome.best_role}): tau {p['tau']:.2f}  rho {p['rho']:.3f}  p {p['p']:.3f}  summ {p['summ']:.2f}"
-          f"  [{args.convention} convention]")  # fmt: skip
-    print(f"{outcome.metric}: tuning {outcome.tuning_value:.4f}; held-out {outcome.heldout_value:.4f} "
-          f"vs VAR off {outcome.baseline_heldout:.4f} (tuning - held-out gap "
-          f"{outcome.tuning_value - outcome.heldout_value:+.4f})")  # fmt: skip
+    print(
+        f"best ({outcome.best_role}): tau {p['tau']:.2f}  rho {p['rho']:.3f}  p {p['p']:.3f}  summ {p['summ']:.2f}"
+        f"  [{args.convention} convention]"
+    )
+    print(
+        f"{outcome.metric}: tuning {outcome.tuning_value:.4f}; held-out {outcome.heldout_value:.4f} "
+        f"vs VAR off {outcome.baseline_heldout:.4f} (tuning - held-out gap "
+        f"{outcome.tuning_value - outcome.heldout_value:+.4f})"
+    )
     print(f"VAR vs off on held-out: {outcome.comparison.describe()}")
-    print("best settings " + ("stored" if outcome.stored else "not stored (the stored ones are at least as good)")
-          + ": python sweep/main.py best")  # fmt: skip
+    print(
+        "best settings "
+        + ("stored" if outcome.stored else "not stored (the stored ones are at least as good)")
+        + ": python sweep/main.py best"
+    )
     uri = settings.mlflow_tracking_uri
     if uri.startswith("http"):
         print(f"MLflow: {outcome.mlflow_url}")
@@ -235,10 +343,16 @@ def cmd_tasks(argv: Sequence[str]) -> int:
 
     catalog = task_catalog()
     rows = [
-        {"task": name, "metric": info.spec.metric, "direction": info.spec.direction, "group": info.spec.group,
-         "answers": info.spec.answer_mode, "data": info.data}
+        {
+            "task": name,
+            "metric": info.spec.metric,
+            "direction": info.spec.direction,
+            "group": info.spec.group,
+            "answers": info.spec.answer_mode,
+            "data": info.data,
+        }
         for name, info in catalog.items()
-    ]  # fmt: skip
+    ]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -279,7 +393,9 @@ def varsweep(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: varsweep {" + ",".join(SUBCOMMANDS) + "} ...\n")
-        print("Tune VAR (Visual Attention Redistribution) on multimodal models: Ray workers, an Optuna search,")
+        print(
+            "Tune VAR (Visual Attention Redistribution) on multimodal models: Ray workers, an Optuna search,"
+        )
         print("MLflow tracking and a best-settings store.\n\nsubcommands:")
         for name, what in SUBCOMMANDS.items():
             print(f"  {name:<12} {what}")
@@ -287,15 +403,19 @@ def varsweep(argv: Sequence[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command not in SUBCOMMANDS:
-        print(f"error: unknown subcommand {command!r}: one of {', '.join(SUBCOMMANDS)} (see varsweep --help)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: unknown subcommand {command!r}: one of {', '.join(SUBCOMMANDS)} (see varsweep --help)",
+            file=sys.stderr,
+        )
         return 2
     if command == "sweep":
         return main(rest, prog="varsweep sweep")
     handlers: dict[str, Callable[[Sequence[str]], int]] = {
-        "best": lambda a: cmd_best(a, prog="varsweep best"), "tasks": cmd_tasks, "store": cmd_store,
+        "best": lambda a: cmd_best(a, prog="varsweep best"),
+        "tasks": cmd_tasks,
+        "store": cmd_store,
         "leaderboard": cmd_leaderboard,
-    }  # fmt: skip
+    }
     return _guarded(lambda: handlers[command](rest), debug="--debug" in rest)
 
 
@@ -319,7 +439,10 @@ def _guarded(command: Callable[[], int], *, debug: bool) -> int:
         return command()
     except KeyboardInterrupt as e:  # sweep.signals.Interrupted (SIGINT, SIGTERM) or a Ctrl-C outside a sweep
         name, code = getattr(e, "name", "SIGINT"), getattr(e, "exit_code", 130)
-        print(f"interrupted ({name}): the study is consistent; run the same command again to resume", file=sys.stderr)
+        print(
+            f"interrupted ({name}): the study is consistent; run the same command again to resume",
+            file=sys.stderr,
+        )
         return code
     except CLIUsageError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -69,7 +69,7 @@ def connect_ray(settings: Settings) -> RayConnection:
         local = {"num_cpus": cores(), "_node_ip_address": "127.0.0.1"}
     ray.init(
         address=address, logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False, **local
-    )  # fmt: skip
+    )
     signals.take_back()  # Ray's own SIGTERM handler would abort the driver
     return RayConnection(local=address is None, owned=True)
 

@@ -56,6 +56,9 @@ def confirm(plan: SweepPlan, study: Any, pool: Any) -> Confirmation:
     shown = config or config_from_params(plan.space.paper_defaults(), convention)
     capture = ray.get(pool.actors[0].capture.remote(shown, "heldout"))
     return Confirmation(
-        best=best, comparison=comparison, off_answers=dict(off.answers), best_answers=dict(chosen.answers),
+        best=best,
+        comparison=comparison,
+        off_answers=dict(off.answers),
+        best_answers=dict(chosen.answers),
         capture=capture,
-    )  # fmt: skip
+    )

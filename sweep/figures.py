@@ -17,7 +17,9 @@ def log_layer_head(tracker: Tracker, run_id: str, layer_head: dict[str, list[lis
 
     from dashboards import layer_head_heatmaps
 
-    figure = layer_head_heatmaps(np.asarray(layer_head["selected_share"]), np.asarray(layer_head["mean_ratio"]))
+    figure = layer_head_heatmaps(
+        np.asarray(layer_head["selected_share"]), np.asarray(layer_head["mean_ratio"])
+    )
     tracker.log_figure(figure, "var/layer_head.png", run_id=run_id)
     plt.close(figure)
 

@@ -57,7 +57,9 @@ def _advisory_lock(url: str, name: str) -> Iterator[None]:
             connection = engine.connect()
         except OperationalError as e:
             cause = redact_url(str(e.orig or e)).strip().splitlines()[0]
-            raise LockError(f"cannot lock the database at {redact_url(url)}: it is unreachable ({cause})") from e
+            raise LockError(
+                f"cannot lock the database at {redact_url(url)}: it is unreachable ({cause})"
+            ) from e
         with connection:
             connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
             connection.commit()

@@ -63,7 +63,9 @@ class SweepRequest:
     early_stop: str = "off"  # "asha": stop trials that fall behind at a rung of tuning groups
     warm_start: bool = True  # a new study starts with the stored best settings of related sweeps
     worker_cpus: int | None = None  # CPUs (torch threads) per CPU worker; None: a local Ray's cores / workers
-    device: str = "auto"  # "cuda": one GPU per worker (waiting for them); "cpu"; "auto": GPUs if the cluster has
+    device: str = (
+        "auto"  # "cuda": one GPU per worker (waiting for them); "cpu"; "auto": GPUs if the cluster has
+    )
     sink_dims: tuple[int, ...] | None = None  # the model's sink dimensions, if known better than the table
     discover_sink_dims: bool = False  # find them from the model (var_core.discover_sink_dims)
 
@@ -108,24 +110,45 @@ def plan_sweep(request: SweepRequest, *, max_image_pixels: int | None = None) ->
     model = check_model(request.model)
     task.check_text(model.image_strings, source=request.data_dir or request.task)
     space = space_for(
-        task.group, request.convention, search_summ=request.search_summ,
-        tau=request.tau_range, rho=request.rho_range, p=request.p_range,
-    )  # fmt: skip
+        task.group,
+        request.convention,
+        search_summ=request.search_summ,
+        tau=request.tau_range,
+        rho=request.rho_range,
+        p=request.p_range,
+    )
     # every trial sees the tuning groups in this order, rung by rung (one rung: all of them)
     rungs = (
-        Rungs.geometric(tuning_groups, seed=request.seed) if request.early_stop == "asha" else Rungs.single(tuning_groups)
+        Rungs.geometric(tuning_groups, seed=request.seed)
+        if request.early_stop == "asha"
+        else Rungs.single(tuning_groups)
     )
     fingerprint = data_fingerprint(task)
     identity = {
-        "model": model.key, "task": request.task, "convention": request.convention, "metric": metric,
-        "direction": direction, "data": fingerprint, "split": request.split, "limit": request.limit,
-        "holdout": request.holdout, "seed": request.seed,
-    }  # fmt: skip
+        "model": model.key,
+        "task": request.task,
+        "convention": request.convention,
+        "metric": metric,
+        "direction": direction,
+        "data": fingerprint,
+        "split": request.split,
+        "limit": request.limit,
+        "holdout": request.holdout,
+        "seed": request.seed,
+    }
     return SweepPlan(
-        request=request, task=task, tuning=task.select(tuning_groups), heldout=task.select(heldout_groups),
-        metric=metric, direction=direction, space=space, rungs=rungs, model_key=model.key, fingerprint=fingerprint,
+        request=request,
+        task=task,
+        tuning=task.select(tuning_groups),
+        heldout=task.select(heldout_groups),
+        metric=metric,
+        direction=direction,
+        space=space,
+        rungs=rungs,
+        model_key=model.key,
+        fingerprint=fingerprint,
         identity=identity,
-    )  # fmt: skip
+    )
 
 
 def _check_options(request: SweepRequest) -> None:
@@ -141,7 +164,9 @@ def _check_options(request: SweepRequest) -> None:
     if len(name) > MAX_STUDY_NAME:
         raise ConfigError(f"--study is {len(name)} characters long: at most {MAX_STUDY_NAME}")
     if not name.strip() or any(not c.isprintable() for c in name):
-        raise ConfigError(f"--study {name!r}: use printable characters (it names the study and its MLflow experiment)")
+        raise ConfigError(
+            f"--study {name!r}: use printable characters (it names the study and its MLflow experiment)"
+        )
 
 
 def split_groups(groups: Sequence[str], *, holdout: float, seed: int) -> tuple[list[str], list[str]]:
@@ -172,9 +197,13 @@ def git_commit() -> str | None:
         return os.environ["VARSWEEP_GIT_COMMIT"]
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
             cwd=Path(__file__).resolve().parent,
-        )  # fmt: skip
+        )
     except OSError:
         return None
     return out.stdout.strip() if out.returncode == 0 else None

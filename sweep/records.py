@@ -57,19 +57,27 @@ class SweepRecords:
         self._stop = threading.Event()
         self._lease: threading.Thread | None = None
         with contextlib.ExitStack() as locks:
-            for url in dict.fromkeys([settings.database_url, settings.study_url, settings.mlflow_tracking_uri]):
+            for url in dict.fromkeys(
+                [settings.database_url, settings.study_url, settings.mlflow_tracking_uri]
+            ):
                 locks.enter_context(database_lock(url, "varsweep-start"))
             self.store = Store(settings.database_url, retry_seconds=settings.connect_timeout)
             self.store.retry_seconds = settings.outage_timeout  # from now on, wait out a restarting database
             self.tracker = Tracker(
-                settings.mlflow_tracking_uri, experiment=self.key,
+                settings.mlflow_tracking_uri,
+                experiment=self.key,
                 spool=self.workdir / ".varsweep" / f"mlflow-spool-{slug(self.key)}.jsonl",
                 timeout=settings.mlflow_timeout,
-            )  # fmt: skip
+            )
             for dead in self.store.reap(self.key, grace=settings.heartbeat_grace):
                 killed = self.tracker.kill_runs_of(dead.id)
-                log.warning("sweep %s (%s) stopped renewing its lease: recorded as killed (%d MLflow run(s) "
-                            "ended as KILLED)", dead.id[:8], dead.describe(), killed)  # fmt: skip
+                log.warning(
+                    "sweep %s (%s) stopped renewing its lease: recorded as killed (%d MLflow run(s) "
+                    "ended as KILLED)",
+                    dead.id[:8],
+                    dead.describe(),
+                    killed,
+                )
             live = self.store.live(self.key, grace=settings.heartbeat_grace)
             if live and is_sqlite(settings.study_url):
                 raise StudyBusyError(
@@ -80,21 +88,34 @@ class SweepRecords:
             if live:
                 log.info("study %s: %d other sweep(s) running; sharing the study", self.key, len(live))
             self.study = open_study(
-                name=self.key, url=settings.study_url, direction=plan.direction, seed=request.seed,
-                identity=plan.identity, other_drivers=len(live), outage_timeout=settings.outage_timeout,
-            )  # fmt: skip
+                name=self.key,
+                url=settings.study_url,
+                direction=plan.direction,
+                seed=request.seed,
+                identity=plan.identity,
+                other_drivers=len(live),
+                outage_timeout=settings.outage_timeout,
+            )
             # warm start: the stored best settings of this model on other tasks, then of this task on other models
             related = [r for r in self.store.best(model=plan.model_key) if r.task != request.task]
             related += [r for r in self.store.best(task=request.task) if r.model != plan.model_key]
             warm = warm_start_points(plan.space, related) if request.warm_start else []
             self.finished_before = prepare_study(
-                self.study, plan.space, warm, live=frozenset(s.id for s in live),
-                outage_timeout=settings.outage_timeout, url=settings.study_url,
-            )  # fmt: skip
+                self.study,
+                plan.space,
+                warm,
+                live=frozenset(s.id for s in live),
+                outage_timeout=settings.outage_timeout,
+                url=settings.study_url,
+            )
             self.sweep_id = self.store.start_sweep(
-                key=self.key, model=plan.model_key, task=request.task, convention=request.convention,
-                host=socket.gethostname(), pid=os.getpid(),
-            )  # fmt: skip
+                key=self.key,
+                model=plan.model_key,
+                task=request.task,
+                convention=request.convention,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+            )
         self._lease = threading.Thread(target=self._renew, name="varsweep-lease", daemon=True)
         self._lease.start()
 
@@ -103,21 +124,41 @@ class SweepRecords:
         """The study's MLflow run, continued by this sweep (see sweep.tracking); returns its id."""
         plan, request = self.plan, self.plan.request
         params = {
-            "model": plan.model_key, "task": request.task, "convention": request.convention, "metric": plan.metric,
-            "direction": plan.direction, "holdout": request.holdout, "seed": request.seed, "limit": request.limit,
-            "split": request.split, "n_tuning_groups": len(plan.tuning.groups),
-            "n_heldout_groups": len(plan.heldout.groups), "n_tuning_examples": len(plan.tuning.examples),
-            "n_heldout_examples": len(plan.heldout.examples), "data_fingerprint": plan.fingerprint,
-        }  # fmt: skip
+            "model": plan.model_key,
+            "task": request.task,
+            "convention": request.convention,
+            "metric": plan.metric,
+            "direction": plan.direction,
+            "holdout": request.holdout,
+            "seed": request.seed,
+            "limit": request.limit,
+            "split": request.split,
+            "n_tuning_groups": len(plan.tuning.groups),
+            "n_heldout_groups": len(plan.heldout.groups),
+            "n_tuning_examples": len(plan.tuning.examples),
+            "n_heldout_examples": len(plan.heldout.examples),
+            "data_fingerprint": plan.fingerprint,
+        }
         invocation = {
-            "trials": request.trials, "batch": request.batch, "early_stop": request.early_stop,
-            "workers": request.workers, "device": request.device, "started_by": f"{socket.gethostname()}:{os.getpid()}",
-        }  # fmt: skip
-        tags = {"varsweep.study": self.key, **{f"settings.{k}": v for k, v in self.settings.describe().items()}}
+            "trials": request.trials,
+            "batch": request.batch,
+            "early_stop": request.early_stop,
+            "workers": request.workers,
+            "device": request.device,
+            "started_by": f"{socket.gethostname()}:{os.getpid()}",
+        }
+        tags = {
+            "varsweep.study": self.key,
+            **{f"settings.{k}": v for k, v in self.settings.describe().items()},
+        }
         run_id = self.tracker.open_study_run(
-            study=self.key, sweep_id=str(self.sweep_id), params=params, tags=tags,
-            system_tags=_system_tags(self.commit), invocation=invocation,
-        )  # fmt: skip
+            study=self.key,
+            sweep_id=str(self.sweep_id),
+            params=params,
+            tags=tags,
+            system_tags=_system_tags(self.commit),
+            invocation=invocation,
+        )
         with contextlib.suppress(Exception):  # the lease thread writes it too; a failure here changes nothing
             self.store.beat(str(self.sweep_id), mlflow_run_id=run_id)
         return run_id
@@ -127,7 +168,9 @@ class SweepRecords:
         while not self._stop.wait(self.settings.heartbeat_seconds):
             try:
                 self.store.beat(str(self.sweep_id))
-            except Exception as e:  # a database outage: the next beat tries again (the grace period is longer)
+            except (
+                Exception
+            ) as e:  # a database outage: the next beat tries again (the grace period is longer)
                 log.debug("lease not renewed: %s", redact_url(str(e)).splitlines()[0])
 
     def others_alive(self) -> bool:
@@ -152,8 +195,11 @@ class SweepRecords:
         except Exception as e:
             log.warning("could not end the MLflow runs: %s", redact_url(str(e)).splitlines()[0])
         if unlogged:
-            log.warning("%d trial run(s) could not be logged to MLflow; they are kept in %s", unlogged,
-                        self.tracker.spool)  # fmt: skip
+            log.warning(
+                "%d trial run(s) could not be logged to MLflow; they are kept in %s",
+                unlogged,
+                self.tracker.spool,
+            )
         if self.sweep_id is not None:
             try:
                 total = len(finished_trials(self.study)) if trials < 0 else trials

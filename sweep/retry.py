@@ -65,7 +65,9 @@ def is_transient(error: BaseException) -> bool:
 
     seen: BaseException | None = error
     while seen is not None:
-        if isinstance(seen, OperationalError) or (isinstance(seen, DBAPIError) and seen.connection_invalidated):
+        if isinstance(seen, OperationalError) or (
+            isinstance(seen, DBAPIError) and seen.connection_invalidated
+        ):
             text = str(seen).lower()
             return not any(marker in text for marker in _PERMANENT)
         seen = seen.__cause__ or seen.__context__

@@ -131,7 +131,9 @@ def space_for(
     return space
 
 
-def _check_range(name: str, bounds: tuple[float, float], *, low: float, high: float | None) -> tuple[float, float]:
+def _check_range(
+    name: str, bounds: tuple[float, float], *, low: float, high: float | None
+) -> tuple[float, float]:
     lo, hi = (float(b) for b in bounds)
     inside = (lo > low if name == "tau" else lo >= low) and (high is None or hi <= high)
     if not (inside and lo < hi):
@@ -143,6 +145,10 @@ def _check_range(name: str, bounds: tuple[float, float], *, low: float, high: fl
 def config_from_params(params: dict[str, float], convention: Convention) -> VARConfig | None:
     """The VARConfig of a trial's parameters; None when it moves no attention (VAR off)."""
     config = VARConfig(
-        tau=params["tau"], rho=params["rho"], p=params["p"], summ=params.get("summ", 0.2), convention=convention
+        tau=params["tau"],
+        rho=params["rho"],
+        p=params["p"],
+        summ=params.get("summ", 0.2),
+        convention=convention,
     )
     return None if config.kept_fraction == 1.0 else config

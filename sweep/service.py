@@ -66,7 +66,13 @@ class Utilization:
 
     @classmethod
     def between(
-        cls, before: Sequence[Any], after: Sequence[Any], *, started: float, seconds: float, torch_in_trials: int
+        cls,
+        before: Sequence[Any],
+        after: Sequence[Any],
+        *,
+        started: float,
+        seconds: float,
+        torch_in_trials: int,
     ) -> Utilization:
         """From the workers' counters before and after the search, which started at ``started`` (time.time())
         and lasted ``seconds`` (a restarted worker counts from zero)."""
@@ -119,7 +125,9 @@ class NothingToRun:
     best: Any  # the stored best-settings row of the study's model, task and convention (or None)
 
 
-def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path(".")) -> SweepOutcome | NothingToRun:
+def run_sweep(
+    request: SweepRequest, settings: Settings, *, workdir: Path = Path(".")
+) -> SweepOutcome | NothingToRun:
     """Run (or resume) the sweep described by ``request``."""
     from sweep.cluster import local_ray_environment
 
@@ -130,16 +138,29 @@ def run_sweep(request: SweepRequest, settings: Settings, *, workdir: Path = Path
         plan = plan_sweep(request, max_image_pixels=settings.max_image_pixels)
         log.info(
             "task %s: %d examples in %d groups; tuning %d groups, held-out %d groups (seed %d)",
-            plan.task.name, len(plan.task.examples), len(plan.task.groups), len(plan.tuning.groups),
-            len(plan.heldout.groups), request.seed,
-        )  # fmt: skip
+            plan.task.name,
+            len(plan.task.examples),
+            len(plan.task.groups),
+            len(plan.tuning.groups),
+            len(plan.heldout.groups),
+            request.seed,
+        )
         records = SweepRecords(plan, settings, workdir=workdir)
         with records.recording():
             if records.finished_before >= request.trials:
-                log.info("study %s: all %d trials done; nothing to run (raise --trials to extend it)",
-                         plan.study_name, records.finished_before)  # fmt: skip
-                rows = records.store.best(model=plan.model_key, task=request.task, convention=request.convention)
-                return NothingToRun(study=plan.study_name, trials_total=records.finished_before, best=rows[0] if rows else None)
+                log.info(
+                    "study %s: all %d trials done; nothing to run (raise --trials to extend it)",
+                    plan.study_name,
+                    records.finished_before,
+                )
+                rows = records.store.best(
+                    model=plan.model_key, task=request.task, convention=request.convention
+                )
+                return NothingToRun(
+                    study=plan.study_name,
+                    trials_total=records.finished_before,
+                    best=rows[0] if rows else None,
+                )
             records.open_mlflow()
             return _sweep(plan, records, settings, workdir.resolve())
 
@@ -162,11 +183,22 @@ def _sweep(plan: SweepPlan, records: SweepRecords, settings: Settings, workdir: 
         clock = time.perf_counter()
         with worker_pool(plan, settings, local=connection.local) as pool:
             for info in pool.ready():
-                log.info("worker %s ready on %s, node %s (%s threads): %s examples, model loaded in %ss; sink dims "
-                         "%s (%s)", info["pid"], info["device"], info["node"][:8], info["threads"], info["examples"],
-                         info["load_seconds"], info["sink_dims"], info["sink_dims_source"])  # fmt: skip
+                log.info(
+                    "worker %s ready on %s, node %s (%s threads): %s examples, model loaded in %ss; sink dims "
+                    "%s (%s)",
+                    info["pid"],
+                    info["device"],
+                    info["node"][:8],
+                    info["threads"],
+                    info["examples"],
+                    info["load_seconds"],
+                    info["sink_dims"],
+                    info["sink_dims_source"],
+                )
             timings["model_load"] = time.perf_counter() - clock
-            ran, utilization, layer_heads = _search(plan, records, settings, pool, mlflow_thread, timings, workdir)
+            ran, utilization, layer_heads = _search(
+                plan, records, settings, pool, mlflow_thread, timings, workdir
+            )
             clock = time.perf_counter()
             confirmation = confirm(plan, records.study, pool)
             timings["heldout"] = time.perf_counter() - clock
@@ -187,13 +219,25 @@ def _sweep(plan: SweepPlan, records: SweepRecords, settings: Settings, workdir: 
     ui_url = tracker.run_url(settings.mlflow_tracking_uri if server else LOCAL_MLFLOW_UI)
     best = confirmation.best
     return SweepOutcome(
-        sweep_id=str(records.sweep_id), study=plan.study_name, metric=plan.metric, direction=plan.direction,
-        trials_run=ran, trials_total=len(finished_trials(records.study)), best_params={"summ": 0.2, **best.params},
-        best_role=str(best.user_attrs.get("role", "search")), tuning_value=float(best.value),
-        heldout_value=confirmation.heldout_value, baseline_heldout=confirmation.baseline_heldout, stored=stored,
-        mlflow_run_id=tracker.parent_id, mlflow_url=ui_url, unlogged_runs=tracker.unlogged(), timings=timings,
-        utilization=utilization, comparison=confirmation.comparison,
-    )  # fmt: skip
+        sweep_id=str(records.sweep_id),
+        study=plan.study_name,
+        metric=plan.metric,
+        direction=plan.direction,
+        trials_run=ran,
+        trials_total=len(finished_trials(records.study)),
+        best_params={"summ": 0.2, **best.params},
+        best_role=str(best.user_attrs.get("role", "search")),
+        tuning_value=float(best.value),
+        heldout_value=confirmation.heldout_value,
+        baseline_heldout=confirmation.baseline_heldout,
+        stored=stored,
+        mlflow_run_id=tracker.parent_id,
+        mlflow_url=ui_url,
+        unlogged_runs=tracker.unlogged(),
+        timings=timings,
+        utilization=utilization,
+        comparison=confirmation.comparison,
+    )
 
 
 def _search(
@@ -211,7 +255,9 @@ def _search(
         prefixes = Progress("prefixes", pool.examples, bar=drawn)
         trials = Progress("trials", plan.request.trials - records.finished_before, bar=drawn)
         try:
-            return _search_with(plan, records, settings, pool, mlflow_thread, timings, workdir, prefixes, trials)
+            return _search_with(
+                plan, records, settings, pool, mlflow_thread, timings, workdir, prefixes, trials
+            )
         finally:
             prefixes.close()
             trials.close()
@@ -260,11 +306,16 @@ def _search_with(
         trials.advance(best=f"{pick(best_so_far):.4f}" if best_so_far else None)
         log.info(
             "trial %d (%s): %s  tau %.2f rho %.3f p %.3f  selected %.3f moved %.4f  %s",
-            report.number, report.role, outcome, report.params.get("tau", float("nan")),
-            report.params.get("rho", float("nan")), report.params.get("p", float("nan")),
-            report.var_stats.get("selected_share", 0.0), report.var_stats.get("mass_moved_per_row", 0.0),
+            report.number,
+            report.role,
+            outcome,
+            report.params.get("tau", float("nan")),
+            report.params.get("rho", float("nan")),
+            report.params.get("p", float("nan")),
+            report.var_stats.get("selected_share", 0.0),
+            report.var_stats.get("mass_moved_per_row", 0.0),
             trials.line(),
-        )  # fmt: skip
+        )
         mlflow_thread.submit(_log_trial_run, tracker, report, len(plan.rungs), plan.tuning)
 
     def on_error(number: int, reason: str) -> None:
@@ -288,13 +339,23 @@ def _search_with(
     preparation = pool.start_preparing(on_prefixes)
     log.info("study %s: %d of %d trials done", plan.study_name, records.finished_before, request.trials)
     ran = run_search(
-        study=study, space=plan.space, trials=request.trials, batch=request.batch, rungs=plan.rungs,
-        early_stop=request.early_stop, actors=pool.actors, task=plan.tuning, metric=plan.metric,
-        direction=plan.direction, storage_path=workdir / ".varsweep" / "tune" / slug(plan.study_name),
+        study=study,
+        space=plan.space,
+        trials=request.trials,
+        batch=request.batch,
+        rungs=plan.rungs,
+        early_stop=request.early_stop,
+        actors=pool.actors,
+        task=plan.tuning,
+        metric=plan.metric,
+        direction=plan.direction,
+        storage_path=workdir / ".varsweep" / "tune" / slug(plan.study_name),
         hooks=SearchHooks(on_start=on_start, on_rung=on_rung, on_end=on_end, on_error=on_error),
-        owner=str(records.sweep_id), lock=(contextlib.nullcontext if is_sqlite(settings.study_url) else ask_lock),
-        outage_timeout=settings.outage_timeout, url=settings.study_url,
-    )  # fmt: skip
+        owner=str(records.sweep_id),
+        lock=(contextlib.nullcontext if is_sqlite(settings.study_url) else ask_lock),
+        outage_timeout=settings.outage_timeout,
+        url=settings.study_url,
+    )
     timings["search"] = time.perf_counter() - clock  # prefix preparation included: they overlap
     timings["prefixes"] = preparation.wait()
     log.info("prefixes prepared in %.1f s", timings["prefixes"])
@@ -303,16 +364,26 @@ def _search_with(
     if not ran:
         return ran, None, layer_heads
     utilization = Utilization.between(
-        before, pool.counters(), started=started, seconds=timings["search"], torch_in_trials=len(torch_in_trials)
+        before,
+        pool.counters(),
+        started=started,
+        seconds=timings["search"],
+        torch_in_trials=len(torch_in_trials),
     )
     log.info(
         "search: %d trials in %.1f s (%.2f s per trial); workers busy %.0f%% of the search; %.1f evaluations/s; "
         "configurations per batch: %s",
-        ran, timings["search"], timings["search"] / ran, 100 * utilization.busy,
-        utilization.evaluations_per_second, utilization.batch_sizes,
-    )  # fmt: skip
+        ran,
+        timings["search"],
+        timings["search"] / ran,
+        100 * utilization.busy,
+        utilization.evaluations_per_second,
+        utilization.batch_sizes,
+    )
     if torch_in_trials:
-        log.warning("%d trial process(es) had torch loaded: trials are meant to be thin", len(torch_in_trials))
+        log.warning(
+            "%d trial process(es) had torch loaded: trials are meant to be thin", len(torch_in_trials)
+        )
     return ran, utilization, layer_heads
 
 
@@ -328,36 +399,69 @@ def _record(
     from var_core.config import VARConfig
     from workers.tasks import samples_jsonl
 
-    tracker, request, best, comparison = records.tracker, plan.request, confirmation.best, confirmation.comparison
+    tracker, request, best, comparison = (
+        records.tracker,
+        plan.request,
+        confirmation.best,
+        confirmation.comparison,
+    )
     tracker.tag_trial(best.number, "varsweep.best", "true")
-    tracker.log_artifacts({
-        "samples/heldout-var-off.jsonl": samples_jsonl(plan.heldout, confirmation.off_answers),
-        "samples/heldout-best.jsonl": samples_jsonl(plan.heldout, confirmation.best_answers),
-    })  # fmt: skip
+    tracker.log_artifacts(
+        {
+            "samples/heldout-var-off.jsonl": samples_jsonl(plan.heldout, confirmation.off_answers),
+            "samples/heldout-best.jsonl": samples_jsonl(plan.heldout, confirmation.best_answers),
+        }
+    )
     tracker.log_parent(
         metrics={
-            "best_tuning": best.value, "best_heldout": confirmation.heldout_value,
-            "baseline_heldout": confirmation.baseline_heldout, "heldout_delta": comparison.delta,
-            "heldout_delta_ci_low": comparison.ci_low, "heldout_delta_ci_high": comparison.ci_high,
-            "heldout_delta_p_value": comparison.p_value, "tuning_heldout_gap": float(best.value) - confirmation.heldout_value,
-            **({"workers_busy": utilization.busy, "evaluations_per_second": utilization.evaluations_per_second}
-               if utilization else {}),
+            "best_tuning": best.value,
+            "best_heldout": confirmation.heldout_value,
+            "baseline_heldout": confirmation.baseline_heldout,
+            "heldout_delta": comparison.delta,
+            "heldout_delta_ci_low": comparison.ci_low,
+            "heldout_delta_ci_high": comparison.ci_high,
+            "heldout_delta_p_value": comparison.p_value,
+            "tuning_heldout_gap": float(best.value) - confirmation.heldout_value,
+            **(
+                {
+                    "workers_busy": utilization.busy,
+                    "evaluations_per_second": utilization.evaluations_per_second,
+                }
+                if utilization
+                else {}
+            ),
             **{f"seconds.{k}": v for k, v in timings.items()},
         },
         tags={"varsweep.best_trial": str(best.number), "varsweep.heldout": comparison.describe()},
-    )  # fmt: skip
+    )
     full = {"summ": 0.2, **best.params}
     return records.store.upsert_best(
         BestRecord(
-            model=plan.model_key, task=request.task, convention=request.convention,
-            tau=full["tau"], rho=full["rho"], p=full["p"], summ=full["summ"], first_layer=VARConfig().first_layer,
-            metric=plan.metric, direction=plan.direction, tuning_value=float(best.value),
-            heldout_value=confirmation.heldout_value, baseline_heldout=confirmation.baseline_heldout,
-            n_tuning=len(plan.tuning.groups), n_heldout=len(plan.heldout.groups), sweep_id=str(records.sweep_id),
-            study=plan.study_name, mlflow_run_id=tracker.parent_id, git_commit=records.commit,
-            data_fingerprint=plan.fingerprint, ci_low=comparison.ci_low, ci_high=comparison.ci_high,
-            p_value=comparison.p_value, n_resamples=comparison.n_resamples,
-        )  # fmt: skip
+            model=plan.model_key,
+            task=request.task,
+            convention=request.convention,
+            tau=full["tau"],
+            rho=full["rho"],
+            p=full["p"],
+            summ=full["summ"],
+            first_layer=VARConfig().first_layer,
+            metric=plan.metric,
+            direction=plan.direction,
+            tuning_value=float(best.value),
+            heldout_value=confirmation.heldout_value,
+            baseline_heldout=confirmation.baseline_heldout,
+            n_tuning=len(plan.tuning.groups),
+            n_heldout=len(plan.heldout.groups),
+            sweep_id=str(records.sweep_id),
+            study=plan.study_name,
+            mlflow_run_id=tracker.parent_id,
+            git_commit=records.commit,
+            data_fingerprint=plan.fingerprint,
+            ci_low=comparison.ci_low,
+            ci_high=comparison.ci_high,
+            p_value=comparison.p_value,
+            n_resamples=comparison.n_resamples,
+        )
     )
 
 
@@ -381,10 +485,14 @@ def _log_trial_run(tracker: Any, report: Any, rungs: int, task: Any) -> None:
     from workers.tasks import samples_jsonl
 
     per_layer = {
-        f"var.layer.{name}": [sum(heads) / len(heads) for heads in rows] for name, rows in report.layer_head.items()
+        f"var.layer.{name}": [sum(heads) / len(heads) for heads in rows]
+        for name, rows in report.layer_head.items()
     }
     seen = task.select({e.group for e in task.examples if e.id in report.answers})
-    tags = {"varsweep.examples_seen": str(report.examples_seen), "varsweep.rung": f"{report.rung + 1}/{rungs}"}
+    tags = {
+        "varsweep.examples_seen": str(report.examples_seen),
+        "varsweep.rung": f"{report.rung + 1}/{rungs}",
+    }
     tracker.log_trial(
         number=report.number,
         role=report.role,

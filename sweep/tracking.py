@@ -104,12 +104,15 @@ class Tracker:
             self.client.update_run(self.parent_id, status="RUNNING")
         else:
             run = self.client.create_run(
-                self.experiment_id, run_name=study,
+                self.experiment_id,
+                run_name=study,
                 tags={"varsweep.kind": "study", "varsweep.study": study, "varsweep.study_key": key},
-            )  # fmt: skip
+            )
             self.parent_id = run.info.run_id
         # keyed by the sweep, not counted: drivers that start together never write the same tag
-        entry = json.dumps({"sweep_id": sweep_id, "started": time.strftime("%Y-%m-%d %H:%M:%S"), **invocation})
+        entry = json.dumps(
+            {"sweep_id": sweep_id, "started": time.strftime("%Y-%m-%d %H:%M:%S"), **invocation}
+        )
         self._log(
             self.parent_id,
             params={k: v for k, v in params.items() if v is not None},
@@ -163,10 +166,16 @@ class Tracker:
         unless :meth:`log_rung` already logged that step.
         """
         record = {
-            "number": number, "role": role, "params": dict(params), "metrics": dict(metrics),
-            "series": {k: list(v) for k, v in (series or {}).items()}, "artifacts": dict(artifacts or {}),
-            "tags": dict(tags or {}), "step_metrics": dict(step_metrics or {}), "step": step,
-        }  # fmt: skip
+            "number": number,
+            "role": role,
+            "params": dict(params),
+            "metrics": dict(metrics),
+            "series": {k: list(v) for k, v in (series or {}).items()},
+            "artifacts": dict(artifacts or {}),
+            "tags": dict(tags or {}),
+            "step_metrics": dict(step_metrics or {}),
+            "step": step,
+        }
         if not self.flush():
             self._spool(record)
             return None
@@ -176,7 +185,9 @@ class Tracker:
             self._spool(record, e)
             return None
 
-    def log_parent(self, *, metrics: Mapping[str, float] | None = None, tags: Mapping[str, str] | None = None) -> None:
+    def log_parent(
+        self, *, metrics: Mapping[str, float] | None = None, tags: Mapping[str, str] | None = None
+    ) -> None:
         if self.parent_id is None:
             return
         try:
@@ -209,8 +220,12 @@ class Tracker:
             try:
                 mine = f"tags.varsweep.sweep_id = '{self.sweep_id}' and attributes.status = 'RUNNING'"
                 for run in self._runs(mine):
-                    if run.info.run_id != self.parent_id:  # a trial that never reported: interrupted, or failed
-                        self.client.set_terminated(run.info.run_id, status="KILLED" if status == "KILLED" else "FAILED")
+                    if (
+                        run.info.run_id != self.parent_id
+                    ):  # a trial that never reported: interrupted, or failed
+                        self.client.set_terminated(
+                            run.info.run_id, status="KILLED" if status == "KILLED" else "FAILED"
+                        )
                 if status is not None:
                     self.client.set_terminated(self.parent_id, status=status)
             except Exception as e:
@@ -266,7 +281,11 @@ class Tracker:
 
     def _warn(self, error: Exception | None) -> None:
         if not self._warned:
-            reason = redact_url(str(error).strip().splitlines()[0]) if error and str(error).strip() else "unreachable"
+            reason = (
+                redact_url(str(error).strip().splitlines()[0])
+                if error and str(error).strip()
+                else "unreachable"
+            )
             log.warning(
                 "MLflow at %s is unreachable (%s): the sweep goes on, trial results stay in the study, "
                 "runs are spooled to %s and logged when it is back",
@@ -283,7 +302,9 @@ class Tracker:
             run_id = self._create_trial_run(record["number"], record["role"])
             self._log(run_id, params=record["params"])
         self._log(run_id, metrics=record["metrics"], series=record.get("series"), tags=record["tags"])
-        if record.get("step_metrics") and record.get("step", 0) not in self._rung_steps.get(record["number"], set()):
+        if record.get("step_metrics") and record.get("step", 0) not in self._rung_steps.get(
+            record["number"], set()
+        ):
             self._log(run_id, metrics=record["step_metrics"], step=record["step"])
         for path, data in record.get("artifacts", {}).items():
             self._artifact(run_id, path, data)
@@ -343,14 +364,18 @@ class Tracker:
         if self.parent_id is None:
             return None
         if number not in self._trial_runs:
-            runs = self._runs(f"tags.varsweep.trial = '{number}' and tags.mlflow.parentRunId = '{self.parent_id}'")
+            runs = self._runs(
+                f"tags.varsweep.trial = '{number}' and tags.mlflow.parentRunId = '{self.parent_id}'"
+            )
             if not runs:
                 return None
             self._trial_runs[number] = runs[0].info.run_id
         return self._trial_runs[number]
 
     def _runs(self, filter_string: str) -> list[Any]:
-        return list(self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1000))
+        return list(
+            self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1000)
+        )
 
     def _log(
         self,
@@ -365,7 +390,9 @@ class Tracker:
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
-        steps = [Metric(k, float(v), now, i) for k, values in (series or {}).items() for i, v in enumerate(values)]
+        steps = [
+            Metric(k, float(v), now, i) for k, values in (series or {}).items() for i, v in enumerate(values)
+        ]
         self.client.log_batch(
             run_id,
             metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items()] + steps,

@@ -20,14 +20,25 @@ from var_core.config import Convention
 from var_core.stats import VARStats
 from workers.results import merge_results
 
-__all__ = ["TrialReport", "run_trial", "OBJECTIVE", "FIDELITY", "EXAMPLES_SEEN", "COMPLETE", "FAILURE", "REPORT"]
+__all__ = [
+    "TrialReport",
+    "run_trial",
+    "OBJECTIVE",
+    "FIDELITY",
+    "EXAMPLES_SEEN",
+    "COMPLETE",
+    "FAILURE",
+    "REPORT",
+]
 
 OBJECTIVE = "objective"  # the value Tune's searcher and scheduler read
 FIDELITY = "fidelity"  # ASHA's clock: the rung's nominal size in eighths of the tuning groups
 EXAMPLES_SEEN = "examples_seen"  # Optuna's step for the intermediate value
 COMPLETE = "complete"  # the trial saw every tuning example (else it was stopped early)
 FAILURE = "failure"  # why the trial failed (a metric that is not a number): it ends FAIL, once, not retried
-REPORT = "report"  # the whole TrialReport, as plain data (Tune hands searchers a flattened copy: use the above)
+REPORT = (
+    "report"  # the whole TrialReport, as plain data (Tune hands searchers a flattened copy: use the above)
+)
 # how long a trial waits for a worker that Ray is restarting (its process killed, its node lost): placed again,
 # model reloaded; as long as the pool waits for its placement at the start (VARSWEEP_PLACEMENT_TIMEOUT's default)
 RESTART_PATIENCE = 600.0
@@ -53,9 +64,12 @@ class TrialReport:
 
     def to_result(self, fidelity: int) -> dict[str, Any]:
         return {
-            OBJECTIVE: self.objective, FIDELITY: fidelity, EXAMPLES_SEEN: self.examples_seen, COMPLETE: self.complete,
+            OBJECTIVE: self.objective,
+            FIDELITY: fidelity,
+            EXAMPLES_SEEN: self.examples_seen,
+            COMPLETE: self.complete,
             REPORT: asdict(self),
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_result(cls, result: dict[str, Any]) -> TrialReport:
@@ -98,7 +112,8 @@ def run_trial(
             metrics={k: float(v) for k, v in scores.items()},
             var_stats=summed.summary(),
             layer_head={
-                "selected_share": summed.selected_share[0].tolist(), "mean_ratio": summed.mean_ratio[0].tolist()
+                "selected_share": summed.selected_share[0].tolist(),
+                "mean_ratio": summed.mean_ratio[0].tolist(),
             },
             answers=dict(answers),
             torch_loaded="torch" in sys.modules,

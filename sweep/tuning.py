@@ -120,7 +120,9 @@ def open_study(
 
     def load() -> Any:
         storage = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-        existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+        existing = {
+            s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+        }
         if name in existing:
             summary = existing[name]
             _check_identity(name, dict(summary.user_attrs.get(IDENTITY, {})), identity)
@@ -143,7 +145,9 @@ def open_study(
     try:
         return _db(load, "open the study", outage_timeout, url)
     except SQLAlchemyError as e:
-        raise StudyError(f"cannot open the Optuna study at {redact_url(url)}: {redact_url(str(e)).splitlines()[0]}") from e
+        raise StudyError(
+            f"cannot open the Optuna study at {redact_url(url)}: {redact_url(str(e)).splitlines()[0]}"
+        ) from e
 
 
 def _check_identity(name: str, stored: dict[str, Any], wanted: dict[str, Any]) -> None:
@@ -209,10 +213,15 @@ def prepare_study(
             if trial.state == state.RUNNING and trial.user_attrs.get(OWNER) not in live:
                 study.tell(trial.number, state=state.FAIL)
                 _requeue(study, trial)
-                log.warning("trial %d was left running by a sweep that is gone: failed and queued again", trial.number)
+                log.warning(
+                    "trial %d was left running by a sweep that is gone: failed and queued again", trial.number
+                )
         taken = (state.COMPLETE, state.PRUNED, state.WAITING, state.RUNNING)
         done_roles = {t.user_attrs.get(ROLE) for t in study.get_trials(deepcopy=False, states=taken)}
-        for point in (StartPoint(BASELINE, space.baseline()), StartPoint(PAPER_DEFAULTS, space.paper_defaults())):
+        for point in (
+            StartPoint(BASELINE, space.baseline()),
+            StartPoint(PAPER_DEFAULTS, space.paper_defaults()),
+        ):
             if point.role not in done_roles:
                 study.enqueue_trial(point.params, user_attrs={ROLE: point.role})
         if not trials:  # a new study: warm start from what related sweeps found
@@ -277,7 +286,9 @@ class StudySearcher(Searcher):
         if not result.get(FAILURE):
             self._recorded(self._report, trial_id, result)
 
-    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
         self._recorded(self._complete, trial_id, result, error)
 
     def _recorded(self, method: Callable[..., None], *args: Any) -> None:
@@ -293,7 +304,9 @@ class StudySearcher(Searcher):
         def ask() -> Any:
             state = optuna.trial.TrialState
             with self._lock():  # other drivers count and ask in turn
-                started = self._study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED, state.RUNNING))
+                started = self._study.get_trials(
+                    deepcopy=False, states=(state.COMPLETE, state.PRUNED, state.RUNNING)
+                )
                 # a trial made by an ask that failed half-way (the database went away before its owner was
                 # written) runs nowhere: fail it (and queue its parameters again) before it is counted
                 for orphan in [t for t in started if t.state == state.RUNNING and OWNER not in t.user_attrs]:
@@ -313,8 +326,11 @@ class StudySearcher(Searcher):
         self._trials[trial_id] = trial
         attrs = trial.user_attrs
         return {
-            **trial.params, "trial_number": trial.number, ROLE: attrs.get(ROLE, "search"), SOURCE: attrs.get(SOURCE, ""),
-        }  # fmt: skip
+            **trial.params,
+            "trial_number": trial.number,
+            ROLE: attrs.get(ROLE, "search"),
+            SOURCE: attrs.get(SOURCE, ""),
+        }
 
     def _complete(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
         import optuna
@@ -324,15 +340,30 @@ class StudySearcher(Searcher):
             return
         state = optuna.trial.TrialState
         if error or not result or OBJECTIVE not in result or result.get(FAILURE):
-            _db(lambda: self._study.tell(trial, state=state.FAIL), "record a failed trial", self._outage, self._url)
+            _db(
+                lambda: self._study.tell(trial, state=state.FAIL),
+                "record a failed trial",
+                self._outage,
+                self._url,
+            )
         else:
             # Tune hands the result that ended the trial (its last rung, or the one the scheduler stopped it
             # at) to this method only: it is the trial's last intermediate value
             self._report(trial_id, result)
             if result.get(COMPLETE):
-                _db(lambda: self._study.tell(trial, result[OBJECTIVE]), "record a trial", self._outage, self._url)
+                _db(
+                    lambda: self._study.tell(trial, result[OBJECTIVE]),
+                    "record a trial",
+                    self._outage,
+                    self._url,
+                )
             else:
-                _db(lambda: self._study.tell(trial, state=state.PRUNED), "record a pruned trial", self._outage, self._url)
+                _db(
+                    lambda: self._study.tell(trial, state=state.PRUNED),
+                    "record a pruned trial",
+                    self._outage,
+                    self._url,
+                )
         del self._trials[trial_id]
         self._steps.pop(trial_id, None)
 
@@ -353,7 +384,12 @@ class StudySearcher(Searcher):
         step = int(result[EXAMPLES_SEEN])
         if step not in self._steps.setdefault(trial_id, set()):
             value = result[OBJECTIVE]
-            _db(lambda: self._trials[trial_id].report(value, step=step), "record a rung", self._outage, self._url)
+            _db(
+                lambda: self._trials[trial_id].report(value, step=step),
+                "record a rung",
+                self._outage,
+                self._url,
+            )
             self._steps[trial_id].add(step)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -371,10 +407,14 @@ class StudySearcher(Searcher):
 class SearchHooks:
     """What the driver does as trials start, report and end (called on Tune's loop: keep them quick)."""
 
-    on_start: Callable[[int, str, dict[str, float], str], None]  # trial number, role, params, warm-start source
+    on_start: Callable[
+        [int, str, dict[str, float], str], None
+    ]  # trial number, role, params, warm-start source
     on_rung: Callable[[TrialReport], None]  # every report, the last one (complete or not) included
     on_end: Callable[[TrialReport], None]  # the last report of a trial that finished (complete or pruned)
-    on_error: Callable[[int, str], None]  # trial number, one line (Tune may retry a crashed trial: it restarts)
+    on_error: Callable[
+        [int, str], None
+    ]  # trial number, one line (Tune may retry a crashed trial: it restarts)
 
 
 def run_search(
@@ -423,9 +463,13 @@ def run_search(
     scheduler = None
     if early_stop == "asha" and len(rungs) > 1:
         scheduler = ASHAScheduler(
-            time_attr=FIDELITY, metric=OBJECTIVE, mode=mode, max_t=rungs.clock[-1], grace_period=rungs.clock[0],
+            time_attr=FIDELITY,
+            metric=OBJECTIVE,
+            mode=mode,
+            max_t=rungs.clock[-1],
+            grace_period=rungs.clock[0],
             reduction_factor=REDUCTION_FACTOR,
-        )  # fmt: skip
+        )
     trainable = tune.with_resources(
         tune.with_parameters(
             run_trial, actors=actors, task=task, metric=metric, convention=space.convention, rungs=rungs
@@ -488,9 +532,13 @@ class _Reporter(Callback):
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         config = trial.config
         params = {k: float(v) for k, v in config.items() if k in ("tau", "rho", "p", "summ")}
-        self.hooks.on_start(int(config["trial_number"]), str(config[ROLE]), params, str(config.get(SOURCE, "")))
+        self.hooks.on_start(
+            int(config["trial_number"]), str(config[ROLE]), params, str(config.get(SOURCE, ""))
+        )
 
-    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict, **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict, **info: Any
+    ) -> None:
         if not result.get(FAILURE):
             self.hooks.on_rung(TrialReport.from_result(result))
 

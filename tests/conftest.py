@@ -32,7 +32,9 @@ def case(request):
 @pytest.fixture()
 def tiny_inputs(tiny):
     _, _, processor = tiny
-    prompt = build_prompt(processor, "Is the circle red or blue? Answer with the option's letter. A. Red B. Blue")
+    prompt = build_prompt(
+        processor, "Is the circle red or blue? Answer with the option's letter. A. Red B. Blue"
+    )
     return processor(images=make_image(0), text=prompt, return_tensors="pt")
 
 

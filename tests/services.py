@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SAMPLE = REPO / "examples" / "mmvp-sample"
 STUDY = "tiny-llava:mmvp:paper"
-BASE_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("VARSWEEP_", "MLFLOW_", "RAY_ADDRESS"))} | {
+BASE_ENV = {
+    k: v for k, v in os.environ.items() if not k.startswith(("VARSWEEP_", "MLFLOW_", "RAY_ADDRESS"))
+} | {
     "PYTHONUNBUFFERED": "1",
     "HF_HUB_OFFLINE": "1",  # no hub here: a model name that is not local fails at once
 }
@@ -98,14 +100,26 @@ class RayHead:
         if not nodes:
             self.env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         command = [
-            str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.gcs_port}",
-            f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-            f"--ray-client-server-port={free_port()}", f"--node-manager-port={self.node_manager_port}",
-            f"--object-manager-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--metrics-export-port={free_port()}", f"--temp-dir={self.temp_dir}", f"--num-cpus={num_cpus}",
-            "--num-gpus=0", "--disable-usage-stats",
-        ]  # fmt: skip
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={self.gcs_port}",
+            f"--dashboard-port={self.dashboard_port}",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+            f"--ray-client-server-port={free_port()}",
+            f"--node-manager-port={self.node_manager_port}",
+            f"--object-manager-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--temp-dir={self.temp_dir}",
+            f"--num-cpus={num_cpus}",
+            "--num-gpus=0",
+            "--disable-usage-stats",
+        ]
         started = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=120)
         if started.returncode != 0:
             self.stop()
@@ -119,27 +133,49 @@ class RayHead:
         except OSError:
             return False
 
-    def submit(self, entrypoint: list[str], *, env_vars: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    def submit(
+        self, entrypoint: list[str], *, env_vars: dict[str, str], timeout: float = 600
+    ) -> subprocess.CompletedProcess:
         """``ray job submit`` (waits for the job) from the repo as working dir."""
         import json
 
         command = [
-            str(BIN / "ray"), "job", "submit", "--address", self.dashboard, "--working-dir", str(REPO),
-            "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--", *entrypoint,
-        ]  # fmt: skip
-        return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            self.dashboard,
+            "--working-dir",
+            str(REPO),
+            "--runtime-env-json",
+            json.dumps({"env_vars": env_vars}),
+            "--",
+            *entrypoint,
+        ]
+        return subprocess.run(
+            command, env=self.env, capture_output=True, text=True, timeout=timeout, cwd=REPO
+        )
 
     def add_node(self, *, num_cpus: int) -> int:
         """``ray start --address`` a worker node of its own on this machine; returns its node manager port (the
         handle :meth:`kill_node` takes)."""
         port = free_port()
         command = [
-            str(BIN / "ray"), "start", f"--address={self.address}", "--node-ip-address=127.0.0.1",
-            f"--node-manager-port={port}", f"--object-manager-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
-            f"--temp-dir={self.temp_dir}", f"--num-cpus={num_cpus}", "--num-gpus=0", "--disable-usage-stats",
-        ]  # fmt: skip
+            str(BIN / "ray"),
+            "start",
+            f"--address={self.address}",
+            "--node-ip-address=127.0.0.1",
+            f"--node-manager-port={port}",
+            f"--object-manager-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--temp-dir={self.temp_dir}",
+            f"--num-cpus={num_cpus}",
+            "--num-gpus=0",
+            "--disable-usage-stats",
+        ]
         started = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=120)
         if started.returncode != 0:
             raise RuntimeError(f"ray start --address failed: {started.stderr[-2000:]}")
@@ -173,10 +209,19 @@ class MlflowServer:
         root.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
-                str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-                "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
-                "--workers", "1",
-            ],  # fmt: skip
+                str(BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(root / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -228,8 +273,19 @@ class ThrowawayPostgres:
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
-        self._as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l",
-                           str(self.root / "log"), "-w", "start"])  # fmt: skip
+        self._as_postgres(
+            [
+                str(self.bin / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-o",
+                options,
+                "-l",
+                str(self.root / "log"),
+                "-w",
+                "start",
+            ]
+        )
 
     def stop(self, mode: str = "fast") -> None:
         self._as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop"])
@@ -249,8 +305,11 @@ class Sweep:
         self._log_file = self.log.open("w")
         self.process = subprocess.Popen(
             [sys.executable, str(REPO / "sweep" / "main.py"), *args],
-            cwd=workdir, env=BASE_ENV | (env or {}), stdout=self._log_file, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=workdir,
+            env=BASE_ENV | (env or {}),
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -258,7 +317,9 @@ class Sweep:
     def wait_for(self, pattern: str, timeout: float = 300) -> None:
         def seen() -> bool:
             if self.process.poll() is not None and not re.search(pattern, self.text()):
-                raise AssertionError(f"sweep exited ({self.process.returncode}) before {pattern!r}:\n{self.text()[-3000:]}")
+                raise AssertionError(
+                    f"sweep exited ({self.process.returncode}) before {pattern!r}:\n{self.text()[-3000:]}"
+                )
             return re.search(pattern, self.text()) is not None
 
         wait_until(seen, timeout=timeout, what=f"log line {pattern!r}", interval=0.1)

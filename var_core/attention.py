@@ -13,7 +13,14 @@ from transformers.integrations.sdpa_attention import repeat_kv
 
 from var_core.ops import Redistribution, RowParams, select_rows
 
-__all__ = ["attend", "attention_probs", "causal_allowed", "masked_logits", "masked_softmax", "shared_prefix_attention"]
+__all__ = [
+    "attend",
+    "attention_probs",
+    "causal_allowed",
+    "masked_logits",
+    "masked_softmax",
+    "shared_prefix_attention",
+]
 
 
 def causal_allowed(n_rows: int, n_keys: int, device: torch.device) -> torch.Tensor:
@@ -31,7 +38,11 @@ def masked_logits(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tens
     """
     if mask is None:
         return logits.masked_fill(~causal_allowed(*logits.shape[-2:], logits.device), float("-inf"))
-    return logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask.to(logits.dtype)
+    return (
+        logits.masked_fill(~mask, float("-inf"))
+        if mask.dtype == torch.bool
+        else logits + mask.to(logits.dtype)
+    )
 
 
 def masked_softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -60,7 +71,9 @@ def attention_probs(
     dtype = _work_dtype(query.dtype)
     keys = repeat_kv(key, query.shape[1] // key.shape[1]).to(dtype)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    logits = torch.matmul(query.to(dtype) * scale, keys.transpose(2, 3))  # scaling q is cheaper than the logits
+    logits = torch.matmul(
+        query.to(dtype) * scale, keys.transpose(2, 3)
+    )  # scaling q is cheaper than the logits
     return masked_softmax(masked_logits(logits, mask))
 
 
@@ -144,7 +157,10 @@ def shared_prefix_attention(
     plain_visual = (visual & ~in_union).to(dtype)[:, None]  # W: [P, 1]
     values = prefix_value[0].to(dtype)  # [H_kv, P, D]
     ones = torch.ones_like(values[..., :1])
-    parts = _rows(torch.bmm(exp_prefix, torch.cat([values * plain_visual, plain_visual.expand_as(ones), ones], -1)), *shape)
+    parts = _rows(
+        torch.bmm(exp_prefix, torch.cat([values * plain_visual, plain_visual.expand_as(ones), ones], -1)),
+        *shape,
+    )
     plain_visual_out, plain_visual_exp = parts[..., :dim], parts[..., dim]
     total = parts[..., dim + 1] + exp_own.sum(-1)
     text_out = _rows(torch.bmm(exp_prefix.index_select(-1, text), values.index_select(1, text)), *shape)
@@ -172,7 +188,9 @@ def shared_prefix_attention(
     # what a sink keeps: `kept` in a rewritten row, all of it elsewhere (direct, not 1 + (kept - 1))
     kept = torch.where(changed, params.kept.to(dtype)[:, None, None], 1.0)[..., None]
     union_factor = torch.where(is_sink, kept, 1 + gain[..., None] * is_visual)
-    union_out = _rows(torch.bmm(_flat(exp_union * union_factor, kv_heads), values.index_select(1, union)), *shape)
+    union_out = _rows(
+        torch.bmm(_flat(exp_union * union_factor, kv_heads), values.index_select(1, union)), *shape
+    )
     own_out = torch.matmul(torch.where(own_sink, exp_own * kept, exp_own), repeat_kv(value, groups).to(dtype))
     out = (text_out + (1 + gain[..., None]) * plain_visual_out + union_out + own_out) / total[..., None]
     masses = Redistribution(

@@ -35,14 +35,20 @@ class VARConfig:
     """Hyper-parameters of VAR. ``p=None`` and ``except_last_layer=None`` resolve by convention."""
 
     tau: float = field(default=20.0, metadata={"help": "sink threshold on phi (docs/method.md sec. 1); > 0"})
-    rho: float = field(default=0.5, metadata={"help": "head-selection threshold (docs/method.md sec. 2); in [0, 1]"})
+    rho: float = field(
+        default=0.5, metadata={"help": "head-selection threshold (docs/method.md sec. 2); in [0, 1]"}
+    )
     p: float | None = field(
         default=None, metadata={"help": "paper: fraction of sink attention moved; official: fraction kept"}
     )
     summ: float = field(default=0.2, metadata={"help": "minimum visual attention mass of a row; in [0, 1]"})
     first_layer: int = field(default=2, metadata={"help": "first decoder layer VAR may modify; >= 0"})
-    except_last_layer: bool | None = field(default=None, metadata={"help": "leave the last decoder layer alone"})
-    convention: Convention = field(default="paper", metadata={"help": "'paper' or 'official' (docs/method.md sec. 4)"})
+    except_last_layer: bool | None = field(
+        default=None, metadata={"help": "leave the last decoder layer alone"}
+    )
+    convention: Convention = field(
+        default="paper", metadata={"help": "'paper' or 'official' (docs/method.md sec. 4)"}
+    )
 
     def __post_init__(self) -> None:
         if self.convention not in CONVENTIONS:
@@ -59,8 +65,14 @@ class VARConfig:
             _check_real(name, value)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name}={value!r} is out of range: {name} must be in [0, 1]")
-        if isinstance(self.first_layer, bool) or not isinstance(self.first_layer, int) or self.first_layer < 0:
-            raise ConfigError(f"first_layer={self.first_layer!r} is out of range: first_layer must be an int >= 0")
+        if (
+            isinstance(self.first_layer, bool)
+            or not isinstance(self.first_layer, int)
+            or self.first_layer < 0
+        ):
+            raise ConfigError(
+                f"first_layer={self.first_layer!r} is out of range: first_layer must be an int >= 0"
+            )
         if not isinstance(self.except_last_layer, bool):
             raise ConfigError(f"except_last_layer={self.except_last_layer!r} must be a bool")
 

@@ -6,7 +6,14 @@ they stand in for, so ``except ValueError`` around a bad configuration keeps wor
 
 from __future__ import annotations
 
-__all__ = ["VarsweepError", "ConfigError", "UnsupportedModelError", "UnsupportedInputError", "SinkDimsError", "SinkDimsAssumedWarning"]
+__all__ = [
+    "VarsweepError",
+    "ConfigError",
+    "UnsupportedModelError",
+    "UnsupportedInputError",
+    "SinkDimsError",
+    "SinkDimsAssumedWarning",
+]
 
 
 class VarsweepError(Exception):

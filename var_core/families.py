@@ -73,25 +73,38 @@ FAMILIES: dict[str, Family] = {
         processor="LlavaNextProcessor",
     ),
     "qwen2_vl": Family(
-        name="qwen2_vl", image_token_attrs=("image_token_id",), image_grid="merged_thw", mrope=True,
+        name="qwen2_vl",
+        image_token_attrs=("image_token_id",),
+        image_grid="merged_thw",
+        mrope=True,
         image_strings=("<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"),
         processor="Qwen2VLProcessor",
     ),
     "qwen2_5_vl": Family(
-        name="qwen2_vl", image_token_attrs=("image_token_id",), image_grid="merged_thw", mrope=True,
+        name="qwen2_vl",
+        image_token_attrs=("image_token_id",),
+        image_grid="merged_thw",
+        mrope=True,
         image_strings=("<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"),
         processor="Qwen2_5_VLProcessor",
     ),
     "internvl": Family(
-        name="internvl", image_token_attrs=("image_token_id",), image_grid="tiles",
-        image_strings=("<IMG_CONTEXT>", "<img>", "</img>", "<image>"), processor="InternVLProcessor",
+        name="internvl",
+        image_token_attrs=("image_token_id",),
+        image_grid="tiles",
+        image_strings=("<IMG_CONTEXT>", "<img>", "</img>", "<image>"),
+        processor="InternVLProcessor",
     ),
-}  # fmt: skip
+}
 
 
 def _config_of(model: nn.Module | PretrainedConfig) -> Any:
     """A model's config, or the config given (told apart without importing transformers)."""
-    return model if hasattr(model, "model_type") and hasattr(model, "to_dict") else getattr(model, "config", None)
+    return (
+        model
+        if hasattr(model, "model_type") and hasattr(model, "to_dict")
+        else getattr(model, "config", None)
+    )
 
 
 def family_of(model: nn.Module | PretrainedConfig) -> Family:
@@ -210,7 +223,9 @@ def image_layout(model: nn.Module, inputs: Mapping[str, torch.Tensor], n_image_t
         return ImageLayout(n_image_tokens - side * side, side, side)
     side = int(round(n_image_tokens**0.5))
     if side * side != n_image_tokens:
-        raise UnsupportedModelError(f"{n_image_tokens} image tokens do not form the square grid of {type(model).__name__}")
+        raise UnsupportedModelError(
+            f"{n_image_tokens} image tokens do not form the square grid of {type(model).__name__}"
+        )
     return ImageLayout(0, side, side)
 
 

@@ -153,9 +153,13 @@ class VARState:
             shared_prefix=shared_prefix,
         )
 
-    def _begin_call(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, image_id: int) -> None:
+    def _begin_call(
+        self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, image_id: int
+    ) -> None:
         if input_ids is None:
-            raise VarsweepError("VAR needs input_ids to locate image tokens; inputs_embeds alone are not supported")
+            raise VarsweepError(
+                "VAR needs input_ids to locate image tokens; inputs_embeds alone are not supported"
+            )
         batch, length = input_ids.shape
         self._call_start, self._call_len = self.seen, length
         n_prompt = length if self.prompt_len is None else max(0, min(length, self.prompt_len - self.seen))
@@ -179,7 +183,9 @@ class VARState:
             if batch == 1 and self.shared_prefix is not None:  # one row continues every configuration's row
                 visual, real = visual.expand(self.rows, -1), real.expand(self.rows, -1)
             elif self.visual.shape[0] != batch:
-                raise VarsweepError(f"batch of {batch} rows continues a VARState of {self.visual.shape[0]} rows")
+                raise VarsweepError(
+                    f"batch of {batch} rows continues a VARState of {self.visual.shape[0]} rows"
+                )
             self.visual = torch.cat([self.visual, visual], dim=1)
             self.candidate = torch.cat([self.candidate, real], dim=1)  # type: ignore[list-item]
         positions = torch.arange(self.visual.shape[1], device=ids.device)
@@ -243,7 +249,9 @@ class VARHandle:
     ) -> None:
         self.model = model
         self.sink_dims = sink_dims.dims
-        self.sink_dims_source = sink_dims.source  # how they were found (var_core.find_sink_dims), for the logs
+        self.sink_dims_source = (
+            sink_dims.source
+        )  # how they were found (var_core.find_sink_dims), for the logs
         self.path: AttentionPath = path
         self.image_token_id = image_token_id(model)
         self.layers = decoder_layers(model)
@@ -318,7 +326,9 @@ class VARHandle:
         """A fresh per-sequence state, for callers that pass ``var_state=`` themselves."""
         return VARState(prompt_len=prompt_len)
 
-    def prefill(self, module: nn.Module, *, past_key_values: Cache, var_state: VARState, **inputs: Any) -> Cache:
+    def prefill(
+        self, module: nn.Module, *, past_key_values: Cache, var_state: VARState, **inputs: Any
+    ) -> Cache:
         """Run ``module`` (the model or its backbone) only to fill ``past_key_values`` and ``var_state``.
 
         For a prompt prefix that later calls continue: the last layer stops once its keys and values are in the
@@ -376,7 +386,9 @@ class VARHandle:
             backbone(self.model).register_forward_pre_hook(self._before_backbone, with_kwargs=True)
         )
         self._hooks.append(
-            backbone(self.model).register_forward_hook(self._after_backbone, with_kwargs=True, always_call=True)
+            backbone(self.model).register_forward_hook(
+                self._after_backbone, with_kwargs=True, always_call=True
+            )
         )
         for layer in self.layers:
             self._hooks.append(layer.register_forward_pre_hook(self._before_layer, with_kwargs=True))
@@ -387,7 +399,9 @@ class VARHandle:
         if not self.enabled:
             return None
         cache = kwargs.get("past_key_values")
-        if cache is not None and any(isinstance(layer, StaticLayer) for layer in getattr(cache, "layers", ())):
+        if cache is not None and any(
+            isinstance(layer, StaticLayer) for layer in getattr(cache, "layers", ())
+        ):
             raise UnsupportedInputError(
                 f"VAR needs a dynamic KV cache; this call passes a {type(cache).__name__} (leave cache_implementation "
                 "unset)"
@@ -545,7 +559,9 @@ class VARHandle:
         count_sinks = bool(modifiable.any()) and layer not in state.stats_counted
         if count_sinks:
             state.stats_counted.add(layer)
-        self._stats.add(layer, result=result, visual=visual, sinks=sinks, rows=modifiable, count_sinks=count_sinks)
+        self._stats.add(
+            layer, result=result, visual=visual, sinks=sinks, rows=modifiable, count_sinks=count_sinks
+        )
 
 
 def _prefix_visible(

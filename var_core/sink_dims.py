@@ -100,7 +100,9 @@ def find_sink_dims(model: nn.Module, sink_dims: Sequence[int] | None = None) -> 
     if sink_dims is not None:
         found = SinkDims(tuple(int(d) for d in sink_dims), "given")
     elif getattr(text_config, "sink_dims", None) is not None:
-        recorded = getattr(text_config, "sink_dims_source", None) or "recorded in config.text_config.sink_dims"
+        recorded = (
+            getattr(text_config, "sink_dims_source", None) or "recorded in config.text_config.sink_dims"
+        )
         found = SinkDims(tuple(int(d) for d in text_config.sink_dims), str(recorded))
     elif name.lower() in BASE_LLM_BY_MODEL:
         base = BASE_LLM_BY_MODEL[name.lower()]

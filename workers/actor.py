@@ -96,13 +96,19 @@ class ModelWorker:
         by_id = {e.id: e for e in self.task.examples}
         missing = [i for ids in shard.values() for i in ids if i not in by_id]
         if missing:
-            raise KeyError(f"shard names {len(missing)} example ids the task does not have, e.g. {missing[:3]}")
+            raise KeyError(
+                f"shard names {len(missing)} example ids the task does not have, e.g. {missing[:3]}"
+            )
         self.shard = {split: [by_id[i] for i in ids] for split, ids in shard.items()}
         model_obj, processor = load_model(
             model, device=self.device, dtype=getattr(torch, dtype) if dtype else None, sink_dims=sink_dims
         )
         self.engine = EvalEngine(
-            model_obj, processor, cache_bytes=cache_bytes, host_cache_bytes=host_cache_bytes, max_batch=max_batch
+            model_obj,
+            processor,
+            cache_bytes=cache_bytes,
+            host_cache_bytes=host_cache_bytes,
+            max_batch=max_batch,
         )
         self.load_seconds = time.perf_counter() - started
         self.max_batch = max_batch
@@ -110,7 +116,9 @@ class ModelWorker:
         self._lock = asyncio.Lock()
         self._arrived = asyncio.Event()
         # (configurations, (split, groups or None), the caller's future)
-        self._pending: list[tuple[list[VARConfig | None], tuple[str, tuple[str, ...] | None], asyncio.Future]] = []
+        self._pending: list[
+            tuple[list[VARConfig | None], tuple[str, tuple[str, ...] | None], asyncio.Future]
+        ] = []
         self._calls = 0
         self._batch_sizes: Counter[int] = Counter()
         self._evaluations = 0
@@ -182,7 +190,9 @@ class ModelWorker:
 
     async def _run_pending(self) -> None:
         pending, self._pending = self._pending, []
-        for part in dict.fromkeys(p for _, p, _ in pending):  # one batch per (split, groups), in arrival order
+        for part in dict.fromkeys(
+            p for _, p, _ in pending
+        ):  # one batch per (split, groups), in arrival order
             group = [(c, f) for c, p, f in pending if p == part]
             flat = [config for configs, _ in group for config in configs]
             split, groups = part
@@ -243,7 +253,9 @@ class Preparation:
         self._started = time.perf_counter()
         self._seconds = 0.0  # set when the last worker is done
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._follow, args=(ray,), name="varsweep-prefixes", daemon=True)
+        self._thread = threading.Thread(
+            target=self._follow, args=(ray,), name="varsweep-prefixes", daemon=True
+        )
         self._thread.start()
 
     def _follow(self, ray: Any) -> None:
@@ -338,7 +350,9 @@ class WorkerPool:
                 max_restarts=max_restarts,
                 max_task_retries=max_restarts,
                 max_concurrency=64,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self._group, placement_group_bundle_index=i),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    self._group, placement_group_bundle_index=i
+                ),
             )
             .remote(model=model, task=task, shard=shard, threads=threads, device=device, **worker_kwargs)
             for i, shard in enumerate(shards)

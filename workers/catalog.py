@@ -66,7 +66,9 @@ def check_model(name: str) -> ModelCheck:
     key = name
     if local.is_dir():
         recorded = str(getattr(config, "_name_or_path", "") or "")
-        base = recorded if looks_like_hub_id(recorded) and not Path(recorded).exists() else local.resolve().name
+        base = (
+            recorded if looks_like_hub_id(recorded) and not Path(recorded).exists() else local.resolve().name
+        )
         key = f"{base}@{hashlib.sha256(str(local.resolve()).encode()).hexdigest()[:8]}"
     return ModelCheck(key=key, model_type=config.model_type, image_strings=family.image_strings)
 

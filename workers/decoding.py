@@ -82,9 +82,10 @@ class GreedyDecoding:
         """
         config = getattr(model, "generation_config", None) or GenerationConfig()
         refused = [
-            name for name, needs_more in _REFUSED.items()
+            name
+            for name, needs_more in _REFUSED.items()
             if getattr(config, name, None) is not None and needs_more(getattr(config, name))
-        ]  # fmt: skip
+        ]
         if refused:
             shown = ", ".join(f"{name}={getattr(config, name)!r}" for name in refused)
             raise UnsupportedGenerationError(
@@ -110,13 +111,17 @@ class GreedyDecoding:
         if config.min_length is not None and config.min_length > 0 and self.eos_ids:
             found.append(MinLengthLogitsProcessor(config.min_length, eos, device=device))
         if config.min_new_tokens is not None and config.min_new_tokens > 0 and self.eos_ids:
-            found.append(MinNewTokensLengthLogitsProcessor(prompt_len, config.min_new_tokens, eos, device=device))
+            found.append(
+                MinNewTokensLengthLogitsProcessor(prompt_len, config.min_new_tokens, eos, device=device)
+            )
         if config.remove_invalid_values:
             found.append(InfNanRemoveLogitsProcessor())
         if config.suppress_tokens is not None:
             found.append(SuppressTokensLogitsProcessor(config.suppress_tokens, device=device))
         if config.begin_suppress_tokens is not None:
-            found.append(SuppressTokensAtBeginLogitsProcessor(config.begin_suppress_tokens, prompt_len, device=device))
+            found.append(
+                SuppressTokensAtBeginLogitsProcessor(config.begin_suppress_tokens, prompt_len, device=device)
+            )
         return found
 
     def next_tokens(

@@ -49,7 +49,9 @@ class Prepared:
     example_id: str
     prompt_len: int
     prefix_len: int
-    prompt_ids: torch.Tensor  # [1, T]: the whole prompt (decoding processors read it, e.g. a repetition penalty)
+    prompt_ids: (
+        torch.Tensor
+    )  # [1, T]: the whole prompt (decoding processors read it, e.g. a repetition penalty)
     keys: list[torch.Tensor]  # per layer [1, H_kv, P, D]
     values: list[torch.Tensor]
     state: VARState  # sink-score components of the prefix, image positions
@@ -343,20 +345,28 @@ class EvalEngine:
             prep = self._prepared(task, example)
             for start in range(0, len(rows), self.max_batch):
                 end = start + self.max_batch
-                self._run(task, example, prep, rows[start:end], targets[start:end], collect_stats=collect_stats)
+                self._run(
+                    task, example, prep, rows[start:end], targets[start:end], collect_stats=collect_stats
+                )
         return results
 
     @torch.no_grad()
-    def option_logits(self, task: Task, example: Example, configs: Sequence[VARConfig | None]) -> torch.Tensor:
+    def option_logits(
+        self, task: Task, example: Example, configs: Sequence[VARConfig | None]
+    ) -> torch.Tensor:
         """``[len(configs), options]`` float32: each configuration's first-token logits of the example's options,
         exactly as :meth:`evaluate` scores them (one suffix batch against the shared prefix)."""
         if task.answer_mode != "options":
             raise VarsweepError(f"task {task.name} answers by generation; it has no option logits")
         configs = list(configs)
         logits = self._run(
-            task, example, self._prepared(task, example), configs, [[ConfigResult(c)] for c in configs],
+            task,
+            example,
+            self._prepared(task, example),
+            configs,
+            [[ConfigResult(c)] for c in configs],
             collect_stats=False,
-        )  # fmt: skip
+        )
         return logits.float().cpu()
 
     @torch.no_grad()
@@ -408,7 +418,8 @@ class EvalEngine:
         inputs = self.processor(images=example.image.load(), text=prompt, return_tensors="pt")
         dtype = next(self.model.parameters()).dtype
         return prompt, {
-            k: (v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device)) for k, v in inputs.items()
+            k: (v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device))
+            for k, v in inputs.items()
         }
 
     def _prepared(self, task: Task, example: Example) -> Prepared:
@@ -568,7 +579,10 @@ class EvalEngine:
         positions = kwargs["position_ids"]
         for layer in out.past_key_values.layers:  # layers below the fan-out ran one row for all
             if layer.keys.shape[0] != n:
-                layer.keys, layer.values = layer.keys.expand(n, -1, -1, -1), layer.values.expand(n, -1, -1, -1)
+                layer.keys, layer.values = (
+                    layer.keys.expand(n, -1, -1, -1),
+                    layer.values.expand(n, -1, -1, -1),
+                )
         # the whole sequence, prompt included, as generate() hands it to the logits processors
         sequences = prep.prompt_ids.expand(n, -1)
         processors = self.decoding.processors(prep.prompt_len, logits.device)

@@ -122,7 +122,11 @@ def model_sink_dims(model: nn.Module) -> SinkDims:
     return find_sink_dims(model)
 
 
-_DISCOVERY_QUESTIONS = ("What is shown in this image?", "Is there a dog in the image?", "What color is the large circle?")
+_DISCOVERY_QUESTIONS = (
+    "What is shown in this image?",
+    "Is there a dog in the image?",
+    "What color is the large circle?",
+)
 
 
 @torch.no_grad()
@@ -153,7 +157,9 @@ def discover_model_sink_dims(
     for question, image in zip(_DISCOVERY_QUESTIONS, images, strict=True):
         prompt = render_prompt(question, processor=processor, family=family_of(model).name)
         inputs = processor(images=image, text=prompt, return_tensors="pt")
-        batches.append({k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in inputs.items()})
+        batches.append(
+            {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in inputs.items()}
+        )
     return discover_sink_dims(model, batches, first_layer=first_layer, min_score=min_score)
 
 

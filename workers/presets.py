@@ -162,7 +162,9 @@ _CORPUS = [
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
     "detailed, and polite answers to the user's questions.",
     "USER: ASSISTANT: You are a helpful assistant.",
-    "system\nYou are a helpful assistant.", "user\nIs it red?", "assistant\nYes",
+    "system\nYou are a helpful assistant.",
+    "user\nIs it red?",
+    "assistant\nYes",
     "Answer with the option's letter from the given choices directly.",
     "Answer the question using a single word or phrase. Please answer yes or no.",
     "Is there a dog in the image? Is the circle red or blue? Are the butterfly's feet visible?",
@@ -195,7 +197,9 @@ def _llava_tokenizer() -> PreTrainedTokenizerFast:
     from tokenizers import processors
 
     raw = _train_tokenizer(["<unk>", "<s>", "</s>", "<pad>", "<image>"])
-    raw.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", raw.token_to_id("<s>"))])
+    raw.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", raw.token_to_id("<s>"))]
+    )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw,
         bos_token="<s>",
@@ -255,7 +259,9 @@ def _text_kwargs(shape: TinyShape, tokenizer: PreTrainedTokenizerFast) -> dict[s
         "max_position_embeddings": 4096,
         "pad_token_id": tokenizer.pad_token_id,
         "eos_token_id": tokenizer.eos_token_id,
-        "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.bos_token_id
+        if tokenizer.bos_token_id is not None
+        else tokenizer.eos_token_id,
     }
 
 
@@ -347,7 +353,9 @@ def build_tiny_llava_next(
     )
     model = _construct(LlavaNextForConditionalGeneration, config, seed=seed, device=device, dtype=dtype)
     processor = transformers.LlavaNextProcessor(
-        image_processor=_clip_image_processor(shape, "LlavaNextImageProcessor", image_grid_pinpoints=pinpoints),
+        image_processor=_clip_image_processor(
+            shape, "LlavaNextImageProcessor", image_grid_pinpoints=pinpoints
+        ),
         tokenizer=tokenizer,
         patch_size=14,
         vision_feature_select_strategy="default",
@@ -391,7 +399,10 @@ def _build_qwen_vl(
     model = _construct(model_cls, config, seed=seed, device=device, dtype=dtype)
     pixels = (2 * shape.image_size) ** 2  # every image resized to 2 x image_size square: 8 x 8 tokens at 112
     image_processor = Qwen2VLImageProcessorPil(
-        size={"shortest_edge": pixels, "longest_edge": pixels}, patch_size=14, temporal_patch_size=2, merge_size=2
+        size={"shortest_edge": pixels, "longest_edge": pixels},
+        patch_size=14,
+        temporal_patch_size=2,
+        merge_size=2,
     )
     processor = image_only_processor(processor_cls)(
         image_processor=image_processor,
@@ -470,7 +481,9 @@ def build_tiny_qwen2_5_vl(
     )
     tokenizer = processor.tokenizer
     model.generation_config.repetition_penalty = 1.05
-    model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    model.generation_config.eos_token_id = [
+        tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")
+    ]
     return model, processor
 
 
@@ -530,7 +543,9 @@ def build_tiny_internvl(
     return model, processor
 
 
-def _construct(cls: type, config: Any, *, seed: int, device: str | torch.device, dtype: torch.dtype) -> nn.Module:
+def _construct(
+    cls: type, config: Any, *, seed: int, device: str | torch.device, dtype: torch.dtype
+) -> nn.Module:
     torch.manual_seed(seed)
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -564,7 +579,11 @@ class PlantedSinks:
     ) -> None:
         if len(dims) != len(weights):
             raise VarsweepError(f"plant_sinks: {len(dims)} dims but {len(weights)} weights")
-        self.dims, self.token_ids, self.image_positions = tuple(dims), tuple(token_ids), tuple(image_positions)
+        self.dims, self.token_ids, self.image_positions = (
+            tuple(dims),
+            tuple(token_ids),
+            tuple(image_positions),
+        )
         self._add = torch.zeros(model.config.get_text_config().hidden_size)
         self._add[list(dims)] = torch.tensor([magnitude * w for w in weights])
         self._image_id = image_token_id(model)
@@ -685,7 +704,9 @@ def near_tie_answers(
 
         text = "Is the circle red or blue?\nA. Red\nB. Blue\nAnswer with the option's letter from the given choices directly."
         prompt = render_prompt(text, processor=processor, family=family_of(model).name)
-        calibration = processor(images=Image.new("RGB", (112, 112), (128, 128, 128)), text=prompt, return_tensors="pt")
+        calibration = processor(
+            images=Image.new("RGB", (112, 112), (128, 128, 128)), text=prompt, return_tensors="pt"
+        )
     inputs = {k: v.to(device) for k, v in calibration.items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
     common = model(**inputs, output_hidden_states=True).hidden_states[-1][0, -1].float()

@@ -23,7 +23,9 @@ class ConfigResult:
     stats: VARStats | None = None
 
 
-def merge_results(per_worker: Sequence[Sequence[ConfigResult]], order: Sequence[str] | None = None) -> list[Any]:
+def merge_results(
+    per_worker: Sequence[Sequence[ConfigResult]], order: Sequence[str] | None = None
+) -> list[Any]:
     """Join the workers' ``ConfigResult`` lists (same configs, disjoint examples) into one list.
 
     With ``order`` (example ids), every per-example dict follows it, whatever worker answered first.
@@ -42,7 +44,9 @@ def merge_results(per_worker: Sequence[Sequence[ConfigResult]], order: Sequence[
             if part.stats is not None:
                 result.stats = part.stats if result.stats is None else result.stats + part.stats
         result.answers, result.choices, result.tokens = (
-            ordered(result.answers), ordered(result.choices), ordered(result.tokens)
+            ordered(result.answers),
+            ordered(result.choices),
+            ordered(result.tokens),
         )
         merged.append(result)
     return merged

@@ -63,6 +63,10 @@ def write_gqa_folder(folder: str | Path, *, questions: int, size: int = 112, see
         colour = rng.choice(COLOURS)
         image_id = f"syn{i:04d}"
         _circle_image(rng, colour, size).save(folder / "images" / f"{image_id}.jpg", quality=90)
-        entries[f"q{i:04d}"] = {"imageId": image_id, "question": "What color is the large circle?", "answer": colour}
+        entries[f"q{i:04d}"] = {
+            "imageId": image_id,
+            "question": "What color is the large circle?",
+            "answer": colour,
+        }
     (folder / "testdev_balanced_questions.json").write_text(json.dumps(entries, indent=1))
     return folder

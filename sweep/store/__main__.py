@@ -12,7 +12,9 @@ from sweep.store import StoreError, upgrade
 def main(argv: list[str] | None = None, *, prog: str = "python -m sweep.store") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("command", choices=["upgrade"])
-    parser.add_argument("--url", help="database URL (default: VARSWEEP_DATABASE_URL, else sqlite:///varsweep.db)")
+    parser.add_argument(
+        "--url", help="database URL (default: VARSWEEP_DATABASE_URL, else sqlite:///varsweep.db)"
+    )
     args = parser.parse_args(argv)
     url = args.url or Settings().database_url
     try:

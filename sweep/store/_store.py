@@ -108,7 +108,9 @@ class SweepRecord:
 
 
 def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)  # SQLite hands back naive times
+    return (
+        moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    )  # SQLite hands back naive times
 
 
 def _alembic_config(connection: Any) -> Any:
@@ -133,7 +135,9 @@ def _current_revision(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
     with engine.connect() as connection:
-        return MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
+        return MigrationContext.configure(
+            connection, opts={"version_table": VERSION_TABLE}
+        ).get_current_revision()
 
 
 def upgrade(url: str) -> str:
@@ -207,7 +211,9 @@ class Store:
         except OperationalError as e:
             detail = redact_url(str(e.orig or e)).strip().splitlines()[0]
             if is_transient(e):
-                raise StoreError(f"cannot {what}: the database at {redact_url(self.url)} is unreachable ({detail})") from e
+                raise StoreError(
+                    f"cannot {what}: the database at {redact_url(self.url)} is unreachable ({detail})"
+                ) from e
             raise StoreError(f"cannot {what} in {redact_url(self.url)}: {detail}") from e
         except SQLAlchemyError as e:
             raise StoreError(f"cannot {what}: {redact_url(str(e)).splitlines()[0]}") from e
@@ -219,7 +225,14 @@ class Store:
 
     # ---------------------------------------------------------------- sweeps
     def start_sweep(
-        self, *, key: str, model: str, task: str, convention: str, host: str | None = None, pid: int | None = None
+        self,
+        *,
+        key: str,
+        model: str,
+        task: str,
+        convention: str,
+        host: str | None = None,
+        pid: int | None = None,
     ) -> str:
         """Record a sweep (driver) as running, its lease fresh; returns its id."""
         sweep_id = uuid.uuid4().hex
@@ -229,9 +242,18 @@ class Store:
             with self._session() as s:
                 s.add(
                     Sweep(
-                        id=sweep_id, key=key, model=model, task=task, convention=convention, status="running",
-                        trials=0, started_at=now, heartbeat_at=now, host=host, pid=pid,
-                    )  # fmt: skip
+                        id=sweep_id,
+                        key=key,
+                        model=model,
+                        task=task,
+                        convention=convention,
+                        status="running",
+                        trials=0,
+                        started_at=now,
+                        heartbeat_at=now,
+                        host=host,
+                        pid=pid,
+                    )
                 )
             return sweep_id
 
@@ -255,10 +277,13 @@ class Store:
                 for record in dead:
                     last = _utc(record.heartbeat_at or record.started_at).strftime("%Y-%m-%d %H:%M:%S UTC")
                     s.execute(
-                        update(Sweep).where(Sweep.id == record.id, Sweep.status == "running").values(
-                            status="killed", finished_at=now,
+                        update(Sweep)
+                        .where(Sweep.id == record.id, Sweep.status == "running")
+                        .values(
+                            status="killed",
+                            finished_at=now,
                             message=f"no heartbeat since {last}: the driver was killed or lost",
-                        )  # fmt: skip
+                        )
                     )
             return dead
 
@@ -286,7 +311,10 @@ class Store:
                 query = select(Sweep).order_by(Sweep.started_at)
                 if key is not None:
                     query = query.where(Sweep.key == key)
-                return [SweepRecord(**{f.name: getattr(r, f.name) for f in fields(SweepRecord)}) for r in s.scalars(query)]
+                return [
+                    SweepRecord(**{f.name: getattr(r, f.name) for f in fields(SweepRecord)})
+                    for r in s.scalars(query)
+                ]
 
         return self._retry(op, "read the sweeps")
 
@@ -303,7 +331,9 @@ class Store:
         elif self.engine.dialect.name == "sqlite":
             from sqlalchemy.dialects.sqlite import insert
         else:
-            raise StoreError(f"unsupported database dialect {self.engine.dialect.name!r}: use PostgreSQL or SQLite")
+            raise StoreError(
+                f"unsupported database dialect {self.engine.dialect.name!r}: use PostgreSQL or SQLite"
+            )
         statement = insert(BestSettings).values(**values)
         new = statement.excluded
         better = or_(
@@ -327,10 +357,15 @@ class Store:
     ) -> list[BestRecord]:
         def op() -> list[BestRecord]:
             with self._session() as s:
-                query = select(BestSettings).order_by(BestSettings.model, BestSettings.task, BestSettings.convention)
+                query = select(BestSettings).order_by(
+                    BestSettings.model, BestSettings.task, BestSettings.convention
+                )
                 for column, value in (("model", model), ("task", task), ("convention", convention)):
                     if value is not None:
                         query = query.where(getattr(BestSettings, column) == value)
-                return [BestRecord(**{f.name: getattr(r, f.name) for f in fields(BestRecord)}) for r in s.scalars(query)]
+                return [
+                    BestRecord(**{f.name: getattr(r, f.name) for f in fields(BestRecord)})
+                    for r in s.scalars(query)
+                ]
 
         return self._retry(op, "read the best settings")

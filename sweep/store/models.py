@@ -14,7 +14,9 @@ VERSION_TABLE = "varsweep_alembic_version"
 
 
 class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention={"pk": "pk_%(table_name)s", "ix": "ix_%(table_name)s_%(column_0_name)s"})
+    metadata = MetaData(
+        naming_convention={"pk": "pk_%(table_name)s", "ix": "ix_%(table_name)s_%(column_0_name)s"}
+    )
 
 
 class BestSettings(Base):

@@ -27,9 +27,18 @@ def reference(query, prefix_key, prefix_value, key, value, mask, visual, sinks, 
 def shared(query, prefix_key, prefix_value, key, value, mask, visual, sinks, rows, params):
     """shared_prefix_attention called with the arguments of ``reference``."""
     return shared_prefix_attention(
-        query, prefix_key, prefix_value, key, value, mask,
-        scaling=None, visual=visual, sinks=sinks, rows=rows, params=params,
-    )  # fmt: skip
+        query,
+        prefix_key,
+        prefix_value,
+        key,
+        value,
+        mask,
+        scaling=None,
+        visual=visual,
+        sinks=sinks,
+        rows=rows,
+        params=params,
+    )
 
 
 def case(seed: int, convention: str, *, kv_heads: int, own_batch: int, with_mask: bool):
@@ -121,15 +130,20 @@ def receivers_case(shift: float, *, seed: int = 0):
     six rows of rho from 0 to 1: S / V runs from 1 down to ~1e-10 as the shift grows."""
     generator = torch.Generator().manual_seed(seed)
     batch, heads, kv_heads, n_query, prefix_len, own_len, dim = 6, 4, 2, 3, 40, 5, 16
-    configs = [VARConfig(tau=1.0, rho=r, p=p, summ=0.0) for r, p in
-               [(0.0, 0.4), (0.0, 1.0), (1e-10, 0.9), (0.25, 0.6), (0.5, 0.4), (1.0, 0.7)]]  # fmt: skip
+    configs = [
+        VARConfig(tau=1.0, rho=r, p=p, summ=0.0)
+        for r, p in [(0.0, 0.4), (0.0, 1.0), (1e-10, 0.9), (0.25, 0.6), (0.5, 0.4), (1.0, 0.7)]
+    ]
 
     def rand(*shape, scale=1.0):
         return torch.randn(*shape, generator=generator) * scale
 
     query = rand(batch, heads, n_query, dim, scale=0.3)
     query[..., 0] = dim**0.5  # with scaling dim**-0.5, the logit of key j gains key[j, 0]
-    prefix_key, key = rand(1, kv_heads, prefix_len, dim, scale=0.3), rand(1, kv_heads, own_len, dim, scale=0.3)
+    prefix_key, key = (
+        rand(1, kv_heads, prefix_len, dim, scale=0.3),
+        rand(1, kv_heads, own_len, dim, scale=0.3),
+    )
     prefix_value, value = rand(1, kv_heads, prefix_len, dim), rand(1, kv_heads, own_len, dim)
     visual = torch.zeros(prefix_len, dtype=torch.bool)
     visual[6:36] = True
@@ -140,7 +154,18 @@ def receivers_case(shift: float, *, seed: int = 0):
     prefix_key[0, :, receivers, 0] = -shift
     prefix_key[0, :, sinks[0, :prefix_len], 0] = 4.0
     rows = torch.ones(batch, n_query, dtype=torch.bool)
-    return query, prefix_key, prefix_value, key, value, None, visual, sinks, rows, row_params(configs, batch=batch)
+    return (
+        query,
+        prefix_key,
+        prefix_value,
+        key,
+        value,
+        None,
+        visual,
+        sinks,
+        rows,
+        row_params(configs, batch=batch),
+    )
 
 
 @pytest.mark.parametrize("shift", [-6.0, -2.0, 2.0, 6.0, 10.0, 14.0, 17.0, 19.0])
@@ -151,16 +176,22 @@ def test_float32_accurate_when_receivers_hold_almost_no_visual_mass(shift):
     formulation) lost 0.8 of S at S / V ~ 3e-10, and the output with it (g = Omega / S multiplies the loss).
     """
     inputs = receivers_case(shift)
-    exact, reference_result = reference(*[t.double() if t.is_floating_point() else t for t in inputs[:5]], *inputs[5:])
+    exact, reference_result = reference(
+        *[t.double() if t.is_floating_point() else t for t in inputs[:5]], *inputs[5:]
+    )
     out, masses = shared(*inputs)
     assert out.dtype == torch.float32
     ratio = reference_result.receiver_mass / reference_result.visual_mass
     assert 1e-11 < float(ratio.min()) and float(ratio.max()) <= 1.0
-    torch.testing.assert_close(masses.receiver_mass.double(), reference_result.receiver_mass, rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        masses.receiver_mass.double(), reference_result.receiver_mass, rtol=1e-5, atol=0
+    )
     error = (out.double() - exact).norm(dim=-1) / exact.norm(dim=-1)
     assert float(error.max()) < 1e-5, (float(ratio.min()), float(error.max()))
     assert torch.equal(masses.changed, reference_result.changed)
-    assert masses.changed.any() and float(masses.moved_mass.max()) > 0  # VAR acted, also at the smallest S / V
+    assert (
+        masses.changed.any() and float(masses.moved_mass.max()) > 0
+    )  # VAR acted, also at the smallest S / V
 
 
 def test_receivers_case_spans_s_over_v_from_1e_minus_9_to_1():

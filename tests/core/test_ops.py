@@ -13,7 +13,9 @@ from var_core import ConfigError, VARConfig, redistribute, sink_mask, sink_score
 from var_core.ops import row_params
 
 
-def reference_row(a: list[float], visual: list[bool], sinks: list[bool], cfg: VARConfig) -> tuple[list[float], bool]:
+def reference_row(
+    a: list[float], visual: list[bool], sinks: list[bool], cfg: VARConfig
+) -> tuple[list[float], bool]:
     """One attention row, straight from docs/method.md (loops, floats): returns (new row, selected)."""
     V = sum(x for x, v in zip(a, visual, strict=True) if v)
     if V < cfg.summ or V == 0:
@@ -46,7 +48,9 @@ def reference_row(a: list[float], visual: list[bool], sinks: list[bool], cfg: VA
 
 def random_case(seed: int, batch: int = 2, heads: int = 3, queries: int = 4, keys: int = 12):
     g = torch.Generator().manual_seed(seed)
-    attn = torch.softmax(torch.randn(batch, heads, queries, keys, generator=g) * 2, dim=-1, dtype=torch.float64)
+    attn = torch.softmax(
+        torch.randn(batch, heads, queries, keys, generator=g) * 2, dim=-1, dtype=torch.float64
+    )
     visual = torch.zeros(batch, keys, dtype=torch.bool)
     visual[:, 2:9] = True
     sinks = torch.rand(batch, keys, generator=g) < 0.3
@@ -62,11 +66,17 @@ def check_against_reference(attn, visual, sinks, rows, cfg):
         for h in range(H):
             for q in range(Q):
                 if rows[b, q]:
-                    want, sel = reference_row(attn[b, h, q].tolist(), visual[b].tolist(), sinks[b].tolist(), cfg)
+                    want, sel = reference_row(
+                        attn[b, h, q].tolist(), visual[b].tolist(), sinks[b].tolist(), cfg
+                    )
                 else:
                     want, sel = attn[b, h, q].tolist(), False
                 assert bool(selected[b, h, q]) == sel, (b, h, q)
-                assert torch.allclose(new[b, h, q], torch.tensor(want, dtype=new.dtype), atol=1e-12), (b, h, q)
+                assert torch.allclose(new[b, h, q], torch.tensor(want, dtype=new.dtype), atol=1e-12), (
+                    b,
+                    h,
+                    q,
+                )
     return new, selected
 
 
@@ -197,7 +207,9 @@ def test_phi_bounded_by_sqrt_d():
 def test_none_row_is_var_off():
     configs = [None, VARConfig(p=0.9, rho=0.0, summ=0.0)]
     for convention in ("paper", "official"):
-        configs[1] = VARConfig(p=0.9, rho=0.0 if convention == "paper" else 1.0, summ=0.0, convention=convention)
+        configs[1] = VARConfig(
+            p=0.9, rho=0.0 if convention == "paper" else 1.0, summ=0.0, convention=convention
+        )
         params = row_params(configs, batch=2)
         assert params.convention == convention
         assert not any(bool(params.layer_active(layer, 32)[0]) for layer in range(32))

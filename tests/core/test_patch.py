@@ -34,8 +34,12 @@ def assert_var_acted(handle, min_moved=1e-4):
     return summary
 
 
-def case_inputs(processor, model, question="Is the circle red or blue? Answer with the option's letter. A. Red B. Blue"):
-    return on_model(processor(images=make_image(0), text=build_prompt(processor, question), return_tensors="pt"), model)
+def case_inputs(
+    processor, model, question="Is the circle red or blue? Answer with the option's letter. A. Red B. Blue"
+):
+    return on_model(
+        processor(images=make_image(0), text=build_prompt(processor, question), return_tensors="pt"), model
+    )
 
 
 def test_disabled_equals_unpatched_logits_and_tokens(case):
@@ -151,8 +155,13 @@ def selection_ties(attn, visual, sinks, queries, config, margin):
         return ties
     for name in ("rho", "summ"):
         value = getattr(config, name)
-        low, high = (dataclasses.replace(config, **{name: min(1.0, max(0.0, value + d))}) for d in (-margin, margin))
-        ties |= redistribute(attn, visual, sinks, queries, low)[1] != redistribute(attn, visual, sinks, queries, high)[1]
+        low, high = (
+            dataclasses.replace(config, **{name: min(1.0, max(0.0, value + d))}) for d in (-margin, margin)
+        )
+        ties |= (
+            redistribute(attn, visual, sinks, queries, low)[1]
+            != redistribute(attn, visual, sinks, queries, high)[1]
+        )
     return ties
 
 
@@ -185,7 +194,9 @@ def test_generate_with_cache_equals_full_recompute(tiny, tiny_inputs):
         for _ in range(6):
             if "mm_token_type_ids" in extra:  # Qwen2-VL: generated tokens are text
                 types = extra["mm_token_type_ids"]
-                extra["mm_token_type_ids"] = torch.nn.functional.pad(types, (0, ids.shape[1] - types.shape[1]))
+                extra["mm_token_type_ids"] = torch.nn.functional.pad(
+                    types, (0, ids.shape[1] - types.shape[1])
+                )
             out = model(
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
@@ -198,9 +209,15 @@ def test_generate_with_cache_equals_full_recompute(tiny, tiny_inputs):
 
 
 # a question long enough that the other row's left padding outlasts this row's image (> 150 tokens)
-LONG_QUESTION = " ".join(
-    ["Is the large circle in the picture red or blue? Are there any dogs? What color is the large circle?"] * 8
-) + " Answer yes or no."
+LONG_QUESTION = (
+    " ".join(
+        [
+            "Is the large circle in the picture red or blue? Are there any dogs? What color is the large circle?"
+        ]
+        * 8
+    )
+    + " Answer yes or no."
+)
 
 
 @pytest.mark.parametrize("path", ["fast", "eager"])
@@ -220,8 +237,9 @@ def test_left_padded_batch_equals_single_rows(case, path):
         handle.collect_stats = True
         batch_logits = logits_of(model, batch)
         assert torch.isfinite(batch_logits).all()  # pad positions included
-        generated = model.generate(**batch, max_new_tokens=5, do_sample=False, output_logits=True,
-                                   return_dict_in_generate=True)  # fmt: skip
+        generated = model.generate(
+            **batch, max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
         for row, (prompt, image_) in enumerate(zip(prompts, images, strict=True)):
             single = on_model(processor(images=[image_], text=[prompt], return_tensors="pt"), model)
             alone = logits_of(model, single)[:, -1]
@@ -235,7 +253,10 @@ def test_left_padded_batch_equals_single_rows(case, path):
 def test_one_config_per_row(tiny, tiny_inputs):
     _, model, _ = tiny
     configs = [VARConfig(p=0.1, rho=0.3), VARConfig(p=0.9, rho=0.6, tau=15)]
-    two = {k: torch.cat([v, v]) if k != "image_grid_thw" and k != "pixel_values" else v for k, v in tiny_inputs.items()}
+    two = {
+        k: torch.cat([v, v]) if k != "image_grid_thw" and k != "pixel_values" else v
+        for k, v in tiny_inputs.items()
+    }
     if "image_grid_thw" in tiny_inputs:  # Qwen2-VL flattens patches of all images
         two["pixel_values"] = torch.cat([tiny_inputs["pixel_values"]] * 2)
         two["image_grid_thw"] = torch.cat([tiny_inputs["image_grid_thw"]] * 2)
@@ -280,9 +301,15 @@ def test_discover_fails_clearly_without_sinks():
 def test_unsupported_models_fail_before_touching_anything():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    text_only = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                             num_attention_heads=2, vocab_size=50))
-    with pytest.raises(UnsupportedModelError, match="model type 'llama'.*supported: internvl, llava, llava_next, qwen2_5_vl, qwen2_vl"):
+    text_only = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=50
+        )
+    )
+    with pytest.raises(
+        UnsupportedModelError,
+        match="model type 'llama'.*supported: internvl, llava, llava_next, qwen2_5_vl, qwen2_vl",
+    ):
         patch(text_only)
 
 
@@ -312,8 +339,17 @@ def test_double_patch_refused(tiny):
 def test_unsupported_prompt_shapes_fail_in_one_line(tiny):
     """Several images in a prompt, a static KV cache, sliding-window layers: refused, naming what is unsupported."""
     name, model, processor = tiny
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Left or"},
-                                             {"type": "image"}, {"type": "text", "text": "right?"}]}]  # fmt: skip
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image"},
+                {"type": "text", "text": "Left or"},
+                {"type": "image"},
+                {"type": "text", "text": "right?"},
+            ],
+        }
+    ]
     two = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     inputs = processor(images=[make_image(1), make_image(2)], text=two, return_tensors="pt")
     one = processor(images=make_image(1), text=build_prompt(processor, "Is it red?"), return_tensors="pt")
@@ -321,7 +357,9 @@ def test_unsupported_prompt_shapes_fail_in_one_line(tiny):
         with pytest.raises(var_core.UnsupportedInputError, match="one image per prompt; a row has 2") as info:
             logits_of(model, inputs)
         assert "\n" not in str(info.value)
-        with pytest.raises(var_core.UnsupportedInputError, match="dynamic KV cache; this call passes a StaticCache"):
+        with pytest.raises(
+            var_core.UnsupportedInputError, match="dynamic KV cache; this call passes a StaticCache"
+        ):
             model.generate(**one, max_new_tokens=2, do_sample=False, cache_implementation="static")
         handle.disable()
         logits_of(model, inputs)  # VAR off: the model itself takes both images

@@ -11,8 +11,13 @@ from transformers import LlamaConfig, LlavaConfig, Qwen2_5_VLConfig
 from var_core import SINK_DIMS, SinkDimsAssumedWarning, SinkDimsError, find_sink_dims, record_sink_dims
 from workers.models import TINY_SINK_DIMS, load_model, model_sink_dims
 
-LLAMA_2_7B = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
-              "intermediate_size": 11008}  # fmt: skip
+LLAMA_2_7B = {
+    "hidden_size": 4096,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "intermediate_size": 11008,
+}
 
 
 class ConfigOnly(nn.Module):
@@ -35,13 +40,24 @@ def test_hub_id_in_the_table_says_so_without_warning():
 
 def test_shape_only_match_warns_and_names_the_assumption():
     """A Qwen2.5-VL-7B has Qwen2-VL-7B's text shape: its dims are an assumption, and it is said out loud."""
-    config = Qwen2_5_VLConfig(text_config={"hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28,
-                                           "num_key_value_heads": 4, "intermediate_size": 18944})  # fmt: skip
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "hidden_size": 3584,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "intermediate_size": 18944,
+        }
+    )
     model = ConfigOnly(config, "Qwen/Qwen2.5-VL-7B-Instruct")
-    with pytest.warns(SinkDimsAssumedWarning, match=r"ASSUMED for Qwen/Qwen2.5-VL-7B-Instruct: .* shape of qwen2-7b"):
+    with pytest.warns(
+        SinkDimsAssumedWarning, match=r"ASSUMED for Qwen/Qwen2.5-VL-7B-Instruct: .* shape of qwen2-7b"
+    ):
         found = find_sink_dims(model)
     assert found.dims == SINK_DIMS["qwen2-7b"] and found.assumed
-    assert found.source.startswith("assumed: the text model of Qwen/Qwen2.5-VL-7B-Instruct has qwen2-7b's shape")
+    assert found.source.startswith(
+        "assumed: the text model of Qwen/Qwen2.5-VL-7B-Instruct has qwen2-7b's shape"
+    )
 
 
 def test_given_and_recorded_dims_win_and_keep_their_source():
@@ -57,7 +73,9 @@ def test_given_and_recorded_dims_win_and_keep_their_source():
 
 
 def test_unknown_model_asks_for_dims():
-    model = ConfigOnly(LlavaConfig(text_config=LlamaConfig(hidden_size=256, num_hidden_layers=2)), "some/model")
+    model = ConfigOnly(
+        LlavaConfig(text_config=LlamaConfig(hidden_size=256, num_hidden_layers=2)), "some/model"
+    )
     with pytest.raises(SinkDimsError, match="no sink dimensions known for some/model.*record_sink_dims"):
         find_sink_dims(model)
 

@@ -71,7 +71,9 @@ def test_option_choices_equal_full_prompt_run(case, mmvp):
             for row, (result, config) in enumerate(zip(results, configs, strict=True)):
                 if config not in references:
                     prompt, _, logits = reference_logits(engine, mmvp, example, config)
-                    references[config] = logits[list(option_token_ids(processor.tokenizer, prompt, example.options))]
+                    references[config] = logits[
+                        list(option_token_ids(processor.tokenizer, prompt, example.options))
+                    ]
                 want_logits = references[config].float()
                 torch.testing.assert_close(got[row], want_logits, atol=spec.engine_atol, rtol=0)
                 want, chosen = int(want_logits.argmax()), result.choices[example.id]
@@ -81,7 +83,9 @@ def test_option_choices_equal_full_prompt_run(case, mmvp):
         for result in results:
             if result.config is not None:
                 assert_var_acted(result.stats.summary())
-        assert engine.cache_stats.prepared == len(mmvp.examples)  # one prefix per example, whatever the configs
+        assert engine.cache_stats.prepared == len(
+            mmvp.examples
+        )  # one prefix per example, whatever the configs
     finally:
         engine.close()
 
@@ -107,9 +111,12 @@ def test_generated_tokens_equal_generate(case, gqa):
                             handle.set(result.config)
                         try:
                             out = model.generate(
-                                **inputs, max_new_tokens=gqa.max_new_tokens, do_sample=False,
-                                output_logits=True, return_dict_in_generate=True,
-                            )  # fmt: skip
+                                **inputs,
+                                max_new_tokens=gqa.max_new_tokens,
+                                do_sample=False,
+                                output_logits=True,
+                                return_dict_in_generate=True,
+                            )
                         finally:
                             handle.enable()
                         new = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
@@ -166,7 +173,9 @@ def test_capture_before_after_for_dashboards(tiny, mmvp):
     # selected heads: visual sinks lose exactly 90% of their attention; the other image tokens gain
     before, after = data["before"][0][selected], data["after"][0][selected]
     assert abs(after[:, sinks] - 0.1 * before[:, sinks]).max() < 1e-6
-    assert (after[:, ~sinks] >= before[:, ~sinks] - 1e-7).all() and (after[:, ~sinks] > before[:, ~sinks]).any()
+    assert (after[:, ~sinks] >= before[:, ~sinks] - 1e-7).all() and (
+        after[:, ~sinks] > before[:, ~sinks]
+    ).any()
     assert data["image"].dtype.name == "uint8" and data["image"].shape[2] == 3
 
 
@@ -210,7 +219,9 @@ def test_host_tier_budget_counts_what_the_copies_take(anyres, mmvp):
     finally:
         engine.close()
     copy, size = _to_host(entry, pin=False)
-    assert size >= entry.nbytes and size < entry.nbytes + 64 * len(entry.tensors())  # one buffer, aligned views
+    assert size >= entry.nbytes and size < entry.nbytes + 64 * len(
+        entry.tensors()
+    )  # one buffer, aligned views
     assert all(torch.equal(a, b) for a, b in zip(copy.tensors(), entry.tensors(), strict=True))
     assert [_pinned_size(n) for n in (1, 4096, 4097, 3 << 20)] == [1, 4096, 8192, 4 << 20]
     two = EvalEngine(model, processor, cache_bytes=1, host_cache_bytes=2 * size, host_tier=True)
@@ -273,9 +284,16 @@ def test_generation_config_is_applied(anyres, gqa, generation_config):
                 for example in gqa.examples:
                     _, inputs = engine._inputs(gqa, example)
                     n = gqa.max_new_tokens
-                    out = model.generate(**inputs, max_new_tokens=n, do_sample=False)[0, inputs["input_ids"].shape[1] :]
-                    plain = model.generate(**inputs, max_new_tokens=n, do_sample=False, repetition_penalty=1.0,
-                                           no_repeat_ngram_size=0)[0, inputs["input_ids"].shape[1] :]  # fmt: skip
+                    out = model.generate(**inputs, max_new_tokens=n, do_sample=False)[
+                        0, inputs["input_ids"].shape[1] :
+                    ]
+                    plain = model.generate(
+                        **inputs,
+                        max_new_tokens=n,
+                        do_sample=False,
+                        repetition_penalty=1.0,
+                        no_repeat_ngram_size=0,
+                    )[0, inputs["input_ids"].shape[1] :]
                     want = out.tolist()
                     want = want[: next((i for i, t in enumerate(want) if t in engine._eos), len(want))]
                     assert result.tokens[example.id] == want, (result.config, example.id)
@@ -292,7 +310,9 @@ def test_generation_config_the_engine_cannot_reproduce_is_refused(anyres, genera
 
     _, model, processor = anyres
     generation_config.num_beams = 4
-    with pytest.raises(UnsupportedGenerationError, match=r"sets num_beams=4: the engine decodes greedily") as info:
+    with pytest.raises(
+        UnsupportedGenerationError, match=r"sets num_beams=4: the engine decodes greedily"
+    ) as info:
         EvalEngine(model, processor)
     assert "\n" not in str(info.value)
     generation_config.num_beams = None

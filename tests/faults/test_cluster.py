@@ -28,11 +28,16 @@ def test_two_nodes_one_worker_each_and_a_node_lost_mid_sweep(tmp_path):
     head = RayHead(num_cpus=0, nodes=True)
     try:
         first, second = head.add_node(num_cpus=2), head.add_node(num_cpus=2)
-        sweep = Sweep(tmp_path / "work", *sweep_args(8, "--batch", "2", "--workers", "2", "--worker-cpus", "1"),
-                      env=cluster_env(head))  # fmt: skip
+        sweep = Sweep(
+            tmp_path / "work",
+            *sweep_args(8, "--batch", "2", "--workers", "2", "--worker-cpus", "1"),
+            env=cluster_env(head),
+        )
         sweep.wait_for(r"trial \d+ \(")
         workers = re.findall(r"worker (\d+) ready on cpu, node (\w+)", sweep.text())
-        assert len(workers) == 2 and len({node for _, node in workers}) == 2, sweep.text()[-3000:]  # one per node
+        assert len(workers) == 2 and len({node for _, node in workers}) == 2, sweep.text()[
+            -3000:
+        ]  # one per node
         # lose a node that hosts a worker (not the head, where the driver's trials run)
         hosts = {head.node_of(int(pid)) for pid, _ in workers} - {head.node_manager_port, None}
         victim = next(iter(hosts))
@@ -42,7 +47,9 @@ def test_two_nodes_one_worker_each_and_a_node_lost_mid_sweep(tmp_path):
         db = f"sqlite:///{tmp_path / 'work' / 'varsweep.db'}"
         trials = optuna.load_study(study_name=STUDY, storage=db).get_trials()
         done = [t for t in trials if t.state == State.COMPLETE]
-        assert len(done) == 8 and not [t for t in trials if t.state in (State.RUNNING, State.FAIL)], sweep.text()[-3000:]
+        assert len(done) == 8 and not [t for t in trials if t.state in (State.RUNNING, State.FAIL)], (
+            sweep.text()[-3000:]
+        )
     finally:
         head.stop()
 
@@ -51,8 +58,11 @@ def test_gpus_asked_for_on_a_cluster_without_any_wait_bounded_then_fail_in_one_l
     head = RayHead(num_cpus=2)
     try:
         started = time.monotonic()
-        sweep = Sweep(tmp_path / "work", *sweep_args(3, "--device", "cuda"),
-                      env=cluster_env(head, VARSWEEP_PLACEMENT_TIMEOUT="8"))  # fmt: skip
+        sweep = Sweep(
+            tmp_path / "work",
+            *sweep_args(3, "--device", "cuda"),
+            env=cluster_env(head, VARSWEEP_PLACEMENT_TIMEOUT="8"),
+        )
         code = sweep.finish(timeout=300)
         waited = time.monotonic() - started
         text = sweep.text()

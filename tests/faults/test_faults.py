@@ -34,6 +34,7 @@ from sweep.store import Store
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(900)]
 
+
 def study_trials(url: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=STUDY, storage=url).get_trials()
 
@@ -85,13 +86,18 @@ def test_worker_killed_mid_trial_same_best_as_undisturbed(tmp_path):
     hit_db = f"sqlite:///{tmp_path / 'hit' / 'varsweep.db'}"
 
     calm_trials, hit_trials = complete(calm_db), complete(hit_db)
-    assert len(hit_trials) == 6 and not [t for t in study_trials(hit_db) if t.state != optuna.trial.TrialState.COMPLETE]
+    assert len(hit_trials) == 6 and not [
+        t for t in study_trials(hit_db) if t.state != optuna.trial.TrialState.COMPLETE
+    ]
     assert [t.params for t in hit_trials] == [t.params for t in calm_trials]
     assert [t.value for t in hit_trials] == [t.value for t in calm_trials]
     (calm_best,), (hit_best,) = Store(calm_db).best(), Store(hit_db).best()
     assert (hit_best.tau, hit_best.rho, hit_best.p, hit_best.heldout_value) == (
-        calm_best.tau, calm_best.rho, calm_best.p, calm_best.heldout_value,
-    )  # fmt: skip
+        calm_best.tau,
+        calm_best.rho,
+        calm_best.p,
+        calm_best.heldout_value,
+    )
 
 
 def test_postgres_stopped_and_restarted_mid_sweep(tmp_path):
@@ -173,7 +179,9 @@ def test_sigint_mid_batch_stops_cleanly_and_a_rerun_resumes(tmp_path):
     # one MLflow run per trial of the study, none left running; the complete trials' runs finished
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns.db'}")
     experiment = client.get_experiment_by_name(STUDY)
-    runs = client.search_runs([experiment.experiment_id], filter_string="tags.varsweep.kind = 'trial'", max_results=500)
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.varsweep.kind = 'trial'", max_results=500
+    )
     numbers = [int(r.data.tags["varsweep.trial"]) for r in runs]
     assert len(numbers) == len(set(numbers)), sorted(numbers)
     assert all(r.info.status != "RUNNING" for r in runs)
@@ -203,7 +211,9 @@ def test_sigint_during_a_rung_then_rerun_finishes_without_repeats(tmp_path):
     assert not [t for t in trials if t.state == State.RUNNING]
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns.db'}")
     experiment = client.get_experiment_by_name(STUDY)
-    runs = client.search_runs([experiment.experiment_id], filter_string="tags.varsweep.kind = 'trial'", max_results=500)
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.varsweep.kind = 'trial'", max_results=500
+    )
     numbers = [int(r.data.tags["varsweep.trial"]) for r in runs]
     assert len(numbers) == len(set(numbers)) and all(r.info.status != "RUNNING" for r in runs)
     assert {t.number for t in finished} <= set(numbers)
@@ -248,7 +258,9 @@ def _bad_pope_jsonl(tmp_path: Path) -> list[str]:
     data.mkdir()
     good = '{"question_id": 1, "image": "COCO_val2014_000000000001.jpg", "text": "Is there a cat?", "label": "yes"}'
     for split in ("random", "popular", "adversarial"):
-        (data / f"coco_pope_{split}.json").write_text(good + "\n" + ("{not json\n" if split == "popular" else ""))
+        (data / f"coco_pope_{split}.json").write_text(
+            good + "\n" + ("{not json\n" if split == "popular" else "")
+        )
     return ["--task", "pope", "--data-dir", str(data)]
 
 
@@ -277,9 +289,16 @@ def _png_header_only(width: int, height: int) -> bytes:
 
     packer = zlib.compressobj(9)
     row = bytes(1 + (width + 7) // 8)  # filter byte + packed bits
-    body = b"".join(packer.compress(row * 500) for _ in range(height // 500)) + packer.compress(row * (height % 500))
+    body = b"".join(packer.compress(row * 500) for _ in range(height // 500)) + packer.compress(
+        row * (height % 500)
+    )
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body + packer.flush()) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", body + packer.flush())
+        + chunk(b"IEND", b"")
+    )
 
 
 def _huge_image(side: int):
@@ -293,11 +312,31 @@ def _huge_image(side: int):
 
 BAD_INPUTS = {
     "unknown task": (lambda p: ["--task", "mmvq", "--data-dir", str(SAMPLE)], {}, "unknown task 'mmvq'"),
-    "unknown model": (lambda p: ["--data-dir", str(SAMPLE), "--model", "nobody/no-such-model"], {}, "cannot load model"),
-    "tau out of range": (lambda p: ["--data-dir", str(SAMPLE), "--tau-range", "0", "10"], {}, "--tau-range 0 10 is out of range"),
-    "rho out of range": (lambda p: ["--data-dir", str(SAMPLE), "--rho-range", "0.5", "1.5"], {}, "--rho-range 0.5 1.5 is out of range"),
-    "p out of range": (lambda p: ["--data-dir", str(SAMPLE), "--p-range", "-1", "0.5"], {}, "--p-range -1 0.5 is out of range"),
-    "holdout out of range": (lambda p: ["--data-dir", str(SAMPLE), "--holdout", "1.5"], {}, "--holdout 1.5 is out of range"),
+    "unknown model": (
+        lambda p: ["--data-dir", str(SAMPLE), "--model", "nobody/no-such-model"],
+        {},
+        "cannot load model",
+    ),
+    "tau out of range": (
+        lambda p: ["--data-dir", str(SAMPLE), "--tau-range", "0", "10"],
+        {},
+        "--tau-range 0 10 is out of range",
+    ),
+    "rho out of range": (
+        lambda p: ["--data-dir", str(SAMPLE), "--rho-range", "0.5", "1.5"],
+        {},
+        "--rho-range 0.5 1.5 is out of range",
+    ),
+    "p out of range": (
+        lambda p: ["--data-dir", str(SAMPLE), "--p-range", "-1", "0.5"],
+        {},
+        "--p-range -1 0.5 is out of range",
+    ),
+    "holdout out of range": (
+        lambda p: ["--data-dir", str(SAMPLE), "--holdout", "1.5"],
+        {},
+        "--holdout 1.5 is out of range",
+    ),
     "missing data folder": (lambda p: ["--data-dir", str(p / "nowhere")], {}, "nowhere"),
     "malformed CSV row": (_bad_csv_row, {}, "Questions.csv"),
     "unknown answer letter": (_unknown_answer, {}, "Questions.csv"),
@@ -308,17 +347,25 @@ BAD_INPUTS = {
     "image token in a question": (_image_token_in_a_question, {}, "the question contains '<image>'"),
     "unknown metric": (lambda p: ["--data-dir", str(SAMPLE), "--metric", "nope"], {}, "has no metric 'nope'"),
     "decompression bomb": (_huge_image(30000), {}, "3.jpg: refused as a decompression bomb"),
-    "image over the pixel limit": (_huge_image(12000), {}, "3.jpg: 12000x12000 is 144000000 pixels, more than"),
+    "image over the pixel limit": (
+        _huge_image(12000),
+        {},
+        "3.jpg: 12000x12000 is 144000000 pixels, more than",
+    ),
     "unreachable database": (
         lambda p: ["--data-dir", str(SAMPLE)],
-        {"VARSWEEP_DATABASE_URL": "postgresql://varsweep:hunter2@127.0.0.1:9/varsweep", "VARSWEEP_CONNECT_TIMEOUT": "1"},
+        {
+            "VARSWEEP_DATABASE_URL": "postgresql://varsweep:hunter2@127.0.0.1:9/varsweep",
+            "VARSWEEP_CONNECT_TIMEOUT": "1",
+        },
         "is unreachable",
     ),
     "unwritable MLflow location": (
-        lambda p: ["--data-dir", str(SAMPLE)], {"MLFLOW_TRACKING_URI": "sqlite:////proc/varsweep/mlruns.db"},
+        lambda p: ["--data-dir", str(SAMPLE)],
+        {"MLFLOW_TRACKING_URI": "sqlite:////proc/varsweep/mlruns.db"},
         "cannot use MLflow",
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
@@ -331,8 +378,12 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path):
     workdir.mkdir()
     out = subprocess.run(
         [sys.executable, str(REPO / "sweep" / "main.py"), *args, "--trials", "3"],
-        cwd=workdir, env=BASE_ENV | env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=workdir,
+        env=BASE_ENV | env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode != 0
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0], out.stderr[-3000:]
@@ -351,7 +402,9 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path):
 def test_database_password_never_reaches_logs_or_mlflow(tmp_path):
     secret = "Pa55-word-never-logged"
     with postgres_database() as url:
-        with_password = url.replace("postgres@", f"postgres:{secret}@")  # the test server trusts; the URL still has it
+        with_password = url.replace(
+            "postgres@", f"postgres:{secret}@"
+        )  # the test server trusts; the URL still has it
         sweep = Sweep(tmp_path / "work", *sweep_args(3), env={"VARSWEEP_DATABASE_URL": with_password})
         assert sweep.finish() == 0, sweep.text()[-3000:]
         assert secret not in sweep.text()

@@ -48,7 +48,9 @@ def distinct_params(trials) -> bool:
 def trial_runs(uri: str, study: str = STUDY) -> list:
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(study)
-    return client.search_runs([experiment.experiment_id], filter_string="tags.varsweep.kind = 'trial'", max_results=500)
+    return client.search_runs(
+        [experiment.experiment_id], filter_string="tags.varsweep.kind = 'trial'", max_results=500
+    )
 
 
 def running_runs(uri: str) -> set[int]:
@@ -65,7 +67,9 @@ def children_of(pid: int) -> list[int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                parents[int(entry)] = int(
+                    Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
             except (OSError, ValueError, IndexError):
                 continue
     found, frontier = [], [pid]
@@ -83,8 +87,12 @@ def test_a_second_driver_on_a_sqlite_study_refuses_at_once(tmp_path):
     started = time.monotonic()
     second = subprocess.run(
         [sys.executable, str(REPO / "sweep" / "main.py"), *sweep_args(8, "--batch", "2")],
-        cwd=tmp_path / "work", env=BASE_ENV, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=tmp_path / "work",
+        env=BASE_ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert second.returncode != 0 and time.monotonic() - started < 60
     errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "SQLite cannot host two drivers" in errors[0] and "PostgreSQL" in errors[0]
@@ -102,8 +110,10 @@ def test_two_drivers_share_a_postgres_study_new_then_existing(tmp_path):
         with postgres_database() as url:
             env = {"VARSWEEP_DATABASE_URL": url, "MLFLOW_TRACKING_URI": mlflow.uri}
             for trials in (8, 12):
-                pair = [Sweep(tmp_path / f"{name}{trials}", *sweep_args(trials, "--batch", "2"), env=env)
-                        for name in ("a", "b")]  # fmt: skip
+                pair = [
+                    Sweep(tmp_path / f"{name}{trials}", *sweep_args(trials, "--batch", "2"), env=env)
+                    for name in ("a", "b")
+                ]
                 for sweep in pair:
                     assert sweep.finish() == 0, sweep.text()[-3000:]
                 trials_now = trials_of(url)
@@ -112,7 +122,9 @@ def test_two_drivers_share_a_postgres_study_new_then_existing(tmp_path):
                 assert not [t for t in trials_now if t.state == State.RUNNING]
             runs = trial_runs(mlflow.uri)
             numbers = [int(r.data.tags["varsweep.trial"]) for r in runs]
-            assert sorted(numbers) == sorted(t.number for t in trials_of(url))  # one run per trial, no duplicate
+            assert sorted(numbers) == sorted(
+                t.number for t in trials_of(url)
+            )  # one run per trial, no duplicate
             assert [s.status for s in Store(url).sweeps(STUDY)] == ["completed"] * 4
     finally:
         mlflow.stop()
@@ -137,8 +149,11 @@ def test_a_driver_killed_outright_is_reaped_and_its_trials_run_again(tmp_path):
     db = f"sqlite:///{work / 'varsweep.db'}"
     # the trials the killed driver left running with a configuration (sampled, or taken from the queue); one just
     # asked for has none to run again
-    running = [t.number for t in trials_of(db)
-               if t.state == State.RUNNING and (t.params or t.system_attrs.get("fixed_params"))]  # fmt: skip
+    running = [
+        t.number
+        for t in trials_of(db)
+        if t.state == State.RUNNING and (t.params or t.system_attrs.get("fixed_params"))
+    ]
     assert running
     time.sleep(7)  # its lease runs out (grace 6 s here)
 
@@ -202,8 +217,12 @@ def test_secrets_reach_no_file_log_tag_or_page(tmp_path, form):
             assert sweep.finish() == 0, sweep.text()[-3000:]
             page = subprocess.run(
                 [sys.executable, "-m", "dashboards.leaderboard", "--out", str(tmp_path / "board.html")],
-                cwd=tmp_path / "work", env=BASE_ENV | env, capture_output=True, text=True, timeout=120,
-            )  # fmt: skip
+                cwd=tmp_path / "work",
+                env=BASE_ENV | env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert page.returncode == 0, page.stderr
         leaks = []
         for root in (tmp_path, ray_tmp):
@@ -212,7 +231,11 @@ def test_secrets_reach_no_file_log_tag_or_page(tmp_path, form):
                     leaks.append(str(path))
         assert not leaks, leaks  # working folder (Tune's pickles included), Ray's session folder, logs, page
         runs = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'work' / 'mlruns.db'}").search_runs(
-            [MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'work' / 'mlruns.db'}").get_experiment_by_name(STUDY).experiment_id]
+            [
+                MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'work' / 'mlruns.db'}")
+                .get_experiment_by_name(STUDY)
+                .experiment_id
+            ]
         )
         blob = json.dumps([{"params": r.data.params, "tags": r.data.tags} for r in runs])
         assert secret not in blob and "***" in blob
@@ -230,8 +253,12 @@ def test_a_study_refuses_a_sweep_that_optimises_something_else(tmp_path):
     ):
         out = subprocess.run(
             [sys.executable, str(REPO / "sweep" / "main.py"), *sweep_args(3, *extra)],
-            cwd=work, env=BASE_ENV, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            cwd=work,
+            env=BASE_ENV,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
         assert out.returncode != 0 and len(errors) == 1, out.stderr[-2000:]
         assert difference in errors[0] and "--study" in errors[0], errors[0]
@@ -243,8 +270,12 @@ def test_workers_the_machine_cannot_hold_fail_at_once(tmp_path):
     started = time.monotonic()
     out = subprocess.run(
         [sys.executable, str(REPO / "sweep" / "main.py"), *sweep_args(3, "--workers", "3")],
-        cwd=tmp_path, env=BASE_ENV, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=BASE_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert out.returncode != 0 and len(errors) == 1 and time.monotonic() - started < 120, out.stderr[-2000:]
     assert "3 cpu worker(s) need 3 CPU but this Ray has" in errors[0] and "--workers" in errors[0]
@@ -256,8 +287,12 @@ def test_workers_the_machine_cannot_hold_fail_at_once(tmp_path):
 def test_long_and_unicode_study_names(tmp_path):
     out = subprocess.run(
         [sys.executable, str(REPO / "sweep" / "main.py"), *sweep_args(2, "--study", "s" * 300)],
-        cwd=tmp_path, env=BASE_ENV, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=BASE_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode != 0 and "error: --study is 300 characters long: at most 200" in out.stderr
     assert not (tmp_path / "varsweep.db").exists()
     name = "研究éàü" * 19 + "研究"  # 135 characters, far more bytes than a file name may have
@@ -285,7 +320,9 @@ def test_a_permanent_database_error_fails_at_once_with_its_cause(tmp_path):
     store.mkdir(parents=True)
     probe = subprocess.run(["chattr", "+i", str(store)], capture_output=True)
     if probe.returncode != 0:
-        pytest.skip(f"chattr is not permitted here (it makes the store's folder read-only, even for root): {probe.stderr}")
+        pytest.skip(
+            f"chattr is not permitted here (it makes the store's folder read-only, even for root): {probe.stderr}"
+        )
     subprocess.run(["chattr", "-i", str(store)], check=True)
     try:
         env = {"VARSWEEP_DATABASE_URL": f"sqlite:///{store / 'varsweep.db'}"}
@@ -310,15 +347,30 @@ def test_a_metric_that_is_not_a_number_fails_each_trial_once(tmp_path):
     # every label "no": recall = TP / (TP + FN) is 0 / 0 for any answers
     records = [pope_record(i, (i + 1) // 2, f"thing{i}", "no") for i in range(1, 21)]
     data = write_pope(tmp_path / "pope", {"random": records})
-    sweep = Sweep(tmp_path / "work", "--task", "pope", "--split", "random", "--data-dir", str(data),
-                  "--metric", "recall", "--trials", "3", "--batch", "3")  # fmt: skip
+    sweep = Sweep(
+        tmp_path / "work",
+        "--task",
+        "pope",
+        "--split",
+        "random",
+        "--data-dir",
+        str(data),
+        "--metric",
+        "recall",
+        "--trials",
+        "3",
+        "--batch",
+        "3",
+    )
     assert sweep.finish() != 0
     text = sweep.text()
     assert "Traceback" not in text
     for number in (0, 1, 2):
         assert text.count(f"trial {number} failed: recall is nan") == 1, text[-3000:]
     db = f"sqlite:///{tmp_path / 'work' / 'varsweep.db'}"
-    assert [t.state for t in trials_of(db, "tiny-llava:pope:paper")] == [State.FAIL] * 3  # once each, no retry
+    assert [t.state for t in trials_of(db, "tiny-llava:pope:paper")] == [
+        State.FAIL
+    ] * 3  # once each, no retry
     errors = [line for line in text.splitlines() if line.startswith("error:")]
     assert errors == ["error: no trial saw every tuning example; see the errors above"]
 

@@ -62,9 +62,15 @@ def make_capture(selected: np.ndarray | None = None, **changes) -> AttentionCapt
             after[li, h, sinks[li]] *= 1 - 0.4 * (1 + h) / HEADS
             after[li, h, others] += moved * before[li, h, others] / before[li, h, others].sum()
     fields = dict(
-        image=make_image(), grid=(ROWS, COLS), layers=LAYERS, visual_sinks=sinks, before=before, after=after,
-        selected=selected, title="synthetic: a red disc",
-    )  # fmt: skip
+        image=make_image(),
+        grid=(ROWS, COLS),
+        layers=LAYERS,
+        visual_sinks=sinks,
+        before=before,
+        after=after,
+        selected=selected,
+        title="synthetic: a red disc",
+    )
     return AttentionCapture(**(fields | changes))
 
 

@@ -32,9 +32,14 @@ def test_public_names_are_exported_lazily():
     )
     assert result.returncode == 0, result.stderr
     assert set(result.stdout.strip().split(",")) == {
-        "AttentionCapture", "attention_before_after", "layer_head_heatmaps", "mlflow_run_url",
-        "render_leaderboard", "sink_overlay", "sweep_figures",
-    }  # fmt: skip
+        "AttentionCapture",
+        "attention_before_after",
+        "layer_head_heatmaps",
+        "mlflow_run_url",
+        "render_leaderboard",
+        "sink_overlay",
+        "sweep_figures",
+    }
 
 
 def test_examples_of_every_figure_render(tmp_path, capture, render_png):

@@ -22,25 +22,81 @@ CHROMIUM = Path("/usr/bin/chromium")
 MLFLOW_UI = "http://127.0.0.1:5000"
 
 BASE = dict(
-    model="tiny-llava", task="mmvp", convention="paper", tau=17.3456, rho=0.8125, p=0.4, summ=0.2, first_layer=2,
-    metric="pair_accuracy", direction="maximize", tuning_value=0.5, heldout_value=0.4667, baseline_heldout=0.3333,
-    n_tuning=10, n_heldout=5, sweep_id="sweep-1", study="tiny-llava:mmvp:paper", mlflow_run_id="a1b2c3d4e5f60718",
-    git_commit="abc1234", data_fingerprint="f" * 16,
-)  # fmt: skip
+    model="tiny-llava",
+    task="mmvp",
+    convention="paper",
+    tau=17.3456,
+    rho=0.8125,
+    p=0.4,
+    summ=0.2,
+    first_layer=2,
+    metric="pair_accuracy",
+    direction="maximize",
+    tuning_value=0.5,
+    heldout_value=0.4667,
+    baseline_heldout=0.3333,
+    n_tuning=10,
+    n_heldout=5,
+    sweep_id="sweep-1",
+    study="tiny-llava:mmvp:paper",
+    mlflow_run_id="a1b2c3d4e5f60718",
+    git_commit="abc1234",
+    data_fingerprint="f" * 16,
+)
 ROWS = [
     BASE | dict(ci_low=0.05, ci_high=0.21, p_value=0.004, n_resamples=2000),
-    BASE | dict(task="pope", convention="official", metric="f1", tau=23.5, rho=0.3, p=0.55, heldout_value=0.801,
-                baseline_heldout=0.812, mlflow_run_id="ffee0011", study="tiny-llava:pope:official",
-                ci_low=-0.02, ci_high=-0.003, p_value=0.01, n_resamples=2000),
-    BASE | dict(model="llava-hf/llava-1.5-7b-hf", task="chair", metric="chair_s", direction="minimize", tau=31.0,
-                heldout_value=43.2, baseline_heldout=45.0, mlflow_run_id=None, study="llava:chair:paper",
-                ci_low=-3.1, ci_high=-0.4, p_value=0.02, n_resamples=2000),
+    BASE
+    | dict(
+        task="pope",
+        convention="official",
+        metric="f1",
+        tau=23.5,
+        rho=0.3,
+        p=0.55,
+        heldout_value=0.801,
+        baseline_heldout=0.812,
+        mlflow_run_id="ffee0011",
+        study="tiny-llava:pope:official",
+        ci_low=-0.02,
+        ci_high=-0.003,
+        p_value=0.01,
+        n_resamples=2000,
+    ),
+    BASE
+    | dict(
+        model="llava-hf/llava-1.5-7b-hf",
+        task="chair",
+        metric="chair_s",
+        direction="minimize",
+        tau=31.0,
+        heldout_value=43.2,
+        baseline_heldout=45.0,
+        mlflow_run_id=None,
+        study="llava:chair:paper",
+        ci_low=-3.1,
+        ci_high=-0.4,
+        p_value=0.02,
+        n_resamples=2000,
+    ),
     # within noise: the interval holds 0
-    BASE | dict(task="cv_bench", metric="accuracy", heldout_value=0.58, baseline_heldout=0.56, ci_low=-0.01,
-                ci_high=0.05, p_value=0.2, n_resamples=2000, study="tiny-llava:cv_bench:paper"),
+    BASE
+    | dict(
+        task="cv_bench",
+        metric="accuracy",
+        heldout_value=0.58,
+        baseline_heldout=0.56,
+        ci_low=-0.01,
+        ci_high=0.05,
+        p_value=0.2,
+        n_resamples=2000,
+        study="tiny-llava:cv_bench:paper",
+    ),
     # stored by the previous release: no interval
-    BASE | dict(task="gqa", metric="accuracy", heldout_value=0.64, baseline_heldout=0.62, study="tiny-llava:gqa:paper"),
-]  # fmt: skip
+    BASE
+    | dict(
+        task="gqa", metric="accuracy", heldout_value=0.64, baseline_heldout=0.62, study="tiny-llava:gqa:paper"
+    ),
+]
 
 
 @pytest.fixture()
@@ -99,8 +155,18 @@ def test_empty_store_is_a_friendly_page(tmp_path):
 
 
 def test_everything_is_escaped():
-    evil = BestRecord(**(BASE | dict(model='<script>alert("m")</script>', task="t&<b>", metric="m<i>",
-                                     direction="sideways", mlflow_run_id='r"><script>x</script>')))  # fmt: skip
+    evil = BestRecord(
+        **(
+            BASE
+            | dict(
+                model='<script>alert("m")</script>',
+                task="t&<b>",
+                metric="m<i>",
+                direction="sideways",
+                mlflow_run_id='r"><script>x</script>',
+            )
+        )
+    )
     page = render_leaderboard([evil], mlflow_ui=MLFLOW_UI, source="postgresql://u:s3cret@db:5432/v")
     assert "<script" not in page and "<b>" not in page and "<i>" not in page
     assert "&lt;script&gt;alert(&quot;m&quot;)&lt;/script&gt;" in page
@@ -162,10 +228,22 @@ def _start_server(store_url: str, log: Path) -> tuple[subprocess.Popen, str]:
     """``--serve --port 0`` as a subprocess; returns it and the URL it prints once listening."""
     with log.open("wb") as stderr:  # the request log; a pipe nobody reads could fill up
         process = subprocess.Popen(
-            [sys.executable, "-m", "dashboards.leaderboard", "--database-url", store_url, "--mlflow-ui", MLFLOW_UI,
-             "--serve", "--port", "0"],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=stderr,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "dashboards.leaderboard",
+                "--database-url",
+                store_url,
+                "--mlflow-ui",
+                MLFLOW_UI,
+                "--serve",
+                "--port",
+                "0",
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         ready, _, _ = select.select([process.stdout], [], [], 0.5)
@@ -197,10 +275,19 @@ def _wait_until_it_answers(url: str, timeout: float = 30) -> None:
 def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     profile = tmp_path / "chromium-profile"
     command = [
-        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", f"--user-data-dir={profile}", *args,
-    ]  # fmt: skip
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=90)
 
 
@@ -217,8 +304,11 @@ def test_served_page_in_headless_chromium(store_url, tmp_path):
         assert dumped.returncode == 0, dumped.stderr[-2000:]
         dom = dumped.stdout
         assert "<h1>varsweep leaderboard</h1>" in dom
-        for model, task, tau in (("tiny-llava", "mmvp", "17.35"), ("tiny-llava", "pope", "23.50"),
-                                 ("llava-hf/llava-1.5-7b-hf", "chair", "31.00")):  # fmt: skip
+        for model, task, tau in (
+            ("tiny-llava", "mmvp", "17.35"),
+            ("tiny-llava", "pope", "23.50"),
+            ("llava-hf/llava-1.5-7b-hf", "chair", "31.00"),
+        ):
             row = _row_html(dom, model, task)
             assert f">{task}</td>" in row and f'<td class="num">{tau}</td>' in row
         assert f'href="{MLFLOW_UI}/#/runs/a1b2c3d4e5f60718"' in dom

@@ -30,8 +30,11 @@ def _objective(tau: float, rho: float, p: float) -> float:
 
 
 def make_study(trials: int, *, params: tuple[str, ...] = ("tau", "rho", "p"), broken: bool = False):
-    study = optuna.create_study(study_name="tiny-llava:mmvp:paper", direction="maximize",
-                                sampler=optuna.samplers.RandomSampler(seed=0))  # fmt: skip
+    study = optuna.create_study(
+        study_name="tiny-llava:mmvp:paper",
+        direction="maximize",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
     ranges = {"tau": (5.0, 40.0), "rho": (0.2, 0.9), "p": (0.0, 1.0)}
     for _ in range(trials):
         trial = study.ask()

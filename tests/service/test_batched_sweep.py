@@ -20,7 +20,8 @@ SAMPLE = REPO / "examples" / "mmvp-sample"
 def sweep(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("sweep")
     settings = Settings(
-        database_url=f"sqlite:///{tmp_path / 'varsweep.db'}", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}"
+        database_url=f"sqlite:///{tmp_path / 'varsweep.db'}",
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}",
     )
     request = SweepRequest(task="mmvp", data_dir=str(SAMPLE), trials=8, batch=4)
     try:
@@ -39,7 +40,9 @@ def test_worker_gets_batches_of_distinct_configurations_from_thin_trials(sweep):
     assert use.torch_in_trials == 0  # each trial checked its own process: no torch there
     assert 0 < use.busy <= 1 and use.evaluations == 8 * 14
     study = optuna.load_study(study_name=request.study_name, storage=settings.study_url)
-    params = [tuple(sorted(t.params.items())) for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    params = [
+        tuple(sorted(t.params.items())) for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+    ]
     assert len(params) == 8 and len(set(params)) == 8  # TPE's constant liar kept concurrent trials apart
 
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
@@ -65,7 +68,11 @@ def test_the_held_out_comparison_and_per_sample_logs_reach_mlflow_and_the_store(
     assert comparison.n_resamples >= 2000 and comparison.n_groups == 3
     assert comparison.delta == outcome.heldout_value - outcome.baseline_heldout
     (row,) = Store(settings.database_url).best()
-    assert (row.ci_low, row.ci_high, row.p_value) == (comparison.ci_low, comparison.ci_high, comparison.p_value)
+    assert (row.ci_low, row.ci_high, row.p_value) == (
+        comparison.ci_low,
+        comparison.ci_high,
+        comparison.p_value,
+    )
 
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     parent = client.get_run(outcome.mlflow_run_id)
@@ -73,8 +80,12 @@ def test_the_held_out_comparison_and_per_sample_logs_reach_mlflow_and_the_store(
     assert parent.data.metrics["heldout_delta_p_value"] == comparison.p_value
     folder = client.download_artifacts(outcome.mlflow_run_id, "samples", str(tmp_path / "parent"))
     for name in ("heldout-var-off.jsonl", "heldout-best.jsonl"):
-        records = [json.loads(line) for line in (tmp_path / "parent" / "samples" / name).read_text().splitlines()]
-        assert len(records) == 6 and {"doc_id", "group", "question", "prediction", "correct"} <= set(records[0])
+        records = [
+            json.loads(line) for line in (tmp_path / "parent" / "samples" / name).read_text().splitlines()
+        ]
+        assert len(records) == 6 and {"doc_id", "group", "question", "prediction", "correct"} <= set(
+            records[0]
+        )
     assert folder
     experiment = client.get_experiment_by_name(request.study_name)
     (trial,) = client.search_runs([experiment.experiment_id], filter_string="tags.varsweep.trial = '3'")
@@ -98,8 +109,9 @@ def test_optuna_dashboard_reads_the_study_from_the_sweep_database(sweep):
     dashboard = Path(sys.executable).parent / "optuna-dashboard"
     process = subprocess.Popen(
         [str(dashboard), settings.study_url, "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
     def studies() -> list | None:
         try:
@@ -111,7 +123,9 @@ def test_optuna_dashboard_reads_the_study_from_the_sweep_database(sweep):
     try:
         wait_until(lambda: studies() is not None, timeout=60, what="optuna-dashboard")
         (summary,) = [s for s in studies() if s["study_name"] == request.study_name]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", timeout=10) as r:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", timeout=10
+        ) as r:
             detail = json.loads(r.read())
         states = [t["state"] for t in detail["trials"]]
         assert states.count("Complete") == outcome.trials_total == 8

@@ -18,13 +18,20 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 SAMPLE = REPO / "examples" / "mmvp-sample"
 STUDY = "tiny-llava:mmvp:paper"
-CLEAN_ENV = {
-    k: v for k, v in os.environ.items() if not k.startswith(("VARSWEEP_", "MLFLOW_", "RAY_ADDRESS"))
-}
+CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("VARSWEEP_", "MLFLOW_", "RAY_ADDRESS"))}
 
 
 def sweep_command(trials: int) -> list[str]:
-    return ["python", "sweep/main.py", "--task", "mmvp", "--data-dir", "examples/mmvp-sample", "--trials", str(trials)]
+    return [
+        "python",
+        "sweep/main.py",
+        "--task",
+        "mmvp",
+        "--data-dir",
+        "examples/mmvp-sample",
+        "--trials",
+        str(trials),
+    ]
 
 
 def check_study(url: str, trials: int) -> list[dict[str, float]]:
@@ -76,8 +83,12 @@ def test_embedded_defaults_no_servers(tmp_path):
     def run(trials: int) -> str:
         out = subprocess.run(
             [sys.executable, str(REPO / "sweep" / "main.py"), *sweep_command(trials)[2:]],
-            cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         return out.stdout + out.stderr
 
@@ -87,7 +98,12 @@ def test_embedded_defaults_no_servers(tmp_path):
     db = f"sqlite:///{workdir / 'varsweep.db'}"
     before = check_study(db, 4)
     (row,) = Store(db).best()
-    assert (row.model, row.task, row.convention, row.metric) == ("tiny-llava", "mmvp", "paper", "pair_accuracy")
+    assert (row.model, row.task, row.convention, row.metric) == (
+        "tiny-llava",
+        "mmvp",
+        "paper",
+        "pair_accuracy",
+    )
     assert row.n_tuning + row.n_heldout == 10 and row.data_fingerprint
 
     again = run(4)  # the same command: the study is complete, nothing is repeated and no run is created
@@ -101,7 +117,9 @@ def test_embedded_defaults_no_servers(tmp_path):
     # the study's best is tagged and has its figures whichever invocation ran it (here the first one)
     best = optuna.load_study(study_name=STUDY, storage=db).best_trial.number
     client = MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([client.get_experiment_by_name(STUDY).experiment_id], "tags.varsweep.best = 'true'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name(STUDY).experiment_id], "tags.varsweep.best = 'true'"
+    )
     assert [r.data.tags["varsweep.trial"] for r in runs] == [str(best)] and best < 4
     assert "var/layer_head.png" in [a.path for a in client.list_artifacts(runs[0].info.run_id, "var")]
     assert [s.status for s in Store(db).sweeps(STUDY)] == ["completed"] * 3

@@ -23,7 +23,8 @@ State = optuna.trial.TrialState
 
 def settings_in(folder) -> Settings:
     return Settings(
-        database_url=f"sqlite:///{folder / 'varsweep.db'}", mlflow_tracking_uri=f"sqlite:///{folder / 'mlruns.db'}"
+        database_url=f"sqlite:///{folder / 'varsweep.db'}",
+        mlflow_tracking_uri=f"sqlite:///{folder / 'mlruns.db'}",
     )
 
 
@@ -48,23 +49,31 @@ def test_stopped_trials_are_pruned_never_best_and_rungs_are_shared(tmp_path):
         assert max(trial.intermediate_values) < n_tuning
         assert trial.value == trial.intermediate_values[max(trial.intermediate_values)]
     assert all(max(t.intermediate_values) == n_tuning for t in complete)
-    assert study.best_trial.state == State.COMPLETE and study.best_trial.number not in {t.number for t in pruned}
+    assert study.best_trial.state == State.COMPLETE and study.best_trial.number not in {
+        t.number for t in pruned
+    }
     (row,) = Store(settings.database_url).best()
     assert (row.tau, row.rho, row.p) == tuple(study.best_trial.params[k] for k in ("tau", "rho", "p"))
     assert row.tuning_value == study.best_trial.value and 0 <= row.heldout_value <= 1
 
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     experiment = client.get_experiment_by_name(request.study_name)
-    runs = {int(r.data.tags["varsweep.trial"]): r for r in client.search_runs(
-        [experiment.experiment_id], filter_string="tags.varsweep.kind = 'trial'")}  # fmt: skip
+    runs = {
+        int(r.data.tags["varsweep.trial"]): r
+        for r in client.search_runs([experiment.experiment_id], filter_string="tags.varsweep.kind = 'trial'")
+    }
     rungs = Rungs.geometric(tuning, seed=request.seed)
     for trial in pruned:
         run = runs[trial.number]
         assert run.data.tags["varsweep.pruned"] == "true"
         assert int(run.data.tags["varsweep.examples_seen"]) == max(trial.intermediate_values)
         curve = client.get_metric_history(run.info.run_id, "accuracy")
-        assert [m.step for m in curve] == sorted(trial.intermediate_values)  # the rung curve, step = examples seen
-        assert [m.value for m in curve] == [trial.intermediate_values[s] for s in sorted(trial.intermediate_values)]
+        assert [m.step for m in curve] == sorted(
+            trial.intermediate_values
+        )  # the rung curve, step = examples seen
+        assert [m.value for m in curve] == [
+            trial.intermediate_values[s] for s in sorted(trial.intermediate_values)
+        ]
     assert all("varsweep.pruned" not in runs[t.number].data.tags for t in complete)
     # every complete trial reported after the same rungs (tests/sweep/test_trial.py: the same groups, in order)
     assert {tuple(sorted(t.intermediate_values)) for t in complete} == {
@@ -76,17 +85,51 @@ def test_warm_start_queues_stored_settings_of_other_tasks_converted_and_deduplic
     settings = settings_in(tmp_path)
     store = Store(settings.database_url)
     base = dict(
-        model="tiny-llava", summ=0.2, first_layer=2, direction="maximize", tuning_value=0.5, baseline_heldout=0.3,
-        n_tuning=7, n_heldout=3, sweep_id="s", study="x", mlflow_run_id="r", git_commit="c", data_fingerprint="f",
-    )  # fmt: skip
-    store.upsert_best(BestRecord(task="pope", convention="paper", tau=14.0, rho=0.7, p=0.5, metric="f1",
-                                 heldout_value=0.61, **base))  # fmt: skip
+        model="tiny-llava",
+        summ=0.2,
+        first_layer=2,
+        direction="maximize",
+        tuning_value=0.5,
+        baseline_heldout=0.3,
+        n_tuning=7,
+        n_heldout=3,
+        sweep_id="s",
+        study="x",
+        mlflow_run_id="r",
+        git_commit="c",
+        data_fingerprint="f",
+    )
+    store.upsert_best(
+        BestRecord(
+            task="pope", convention="paper", tau=14.0, rho=0.7, p=0.5, metric="f1", heldout_value=0.61, **base
+        )
+    )
     # official convention: rho 0.2 -> paper 0.8, p 0.3 -> paper 0.7
-    store.upsert_best(BestRecord(task="cv_bench", convention="official", tau=30.0, rho=0.2, p=0.3,
-                                 metric="accuracy", heldout_value=0.55, **base))  # fmt: skip
+    store.upsert_best(
+        BestRecord(
+            task="cv_bench",
+            convention="official",
+            tau=30.0,
+            rho=0.2,
+            p=0.3,
+            metric="accuracy",
+            heldout_value=0.55,
+            **base,
+        )
+    )
     # the paper's vision-centric defaults again: dropped as a duplicate
-    store.upsert_best(BestRecord(task="gqa", convention="paper", tau=20.0, rho=0.9, p=0.4, metric="accuracy",
-                                 heldout_value=0.4, **base))  # fmt: skip
+    store.upsert_best(
+        BestRecord(
+            task="gqa",
+            convention="paper",
+            tau=20.0,
+            rho=0.9,
+            p=0.4,
+            metric="accuracy",
+            heldout_value=0.4,
+            **base,
+        )
+    )
     request = SweepRequest(task="mmvp", data_dir=str(SAMPLE), trials=4, batch=4)
     try:
         run_sweep(request, settings, workdir=tmp_path)
@@ -105,5 +148,6 @@ def test_warm_start_queues_stored_settings_of_other_tasks_converted_and_deduplic
     experiment = client.get_experiment_by_name(request.study_name)
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.varsweep.role = 'warm-start'")
     assert sorted(r.data.tags["varsweep.warm_start_from"].split(" ")[0] for r in runs) == [
-        "tiny-llava:cv_bench:official", "tiny-llava:pope:paper",
-    ]  # fmt: skip
+        "tiny-llava:cv_bench:official",
+        "tiny-llava:pope:paper",
+    ]

@@ -14,8 +14,20 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 @pytest.mark.parametrize("preset", ["tiny-llava-next", "tiny-qwen2.5-vl", "tiny-internvl"])
 def test_a_new_preset_sweeps_with_var_acting(preset, tmp_path):
-    command = [sys.executable, str(REPO / "sweep" / "main.py"), "--task", "mmvp", "--data-dir", str(SAMPLE),
-               "--model", preset, "--trials", "3", "--batch", "3"]  # fmt: skip
+    command = [
+        sys.executable,
+        str(REPO / "sweep" / "main.py"),
+        "--task",
+        "mmvp",
+        "--data-dir",
+        str(SAMPLE),
+        "--model",
+        preset,
+        "--trials",
+        "3",
+        "--batch",
+        "3",
+    ]
     out = subprocess.run(command, cwd=tmp_path, env=BASE_ENV, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"study {preset}:mmvp:paper: 3 trials (3 run now)" in out.stdout

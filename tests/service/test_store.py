@@ -11,11 +11,27 @@ from sqlalchemy import create_engine, inspect, text
 from sweep.store import BestRecord, SchemaError, Store, StoreError
 
 BASE = dict(
-    model="tiny-llava", task="mmvp", convention="paper", tau=20.0, rho=0.9, p=0.4, summ=0.2, first_layer=2,
-    metric="pair_accuracy", direction="maximize", tuning_value=0.5, heldout_value=0.4, baseline_heldout=0.3,
-    n_tuning=7, n_heldout=3, sweep_id="s1", study="tiny-llava:mmvp:paper", mlflow_run_id="r1", git_commit="abc",
+    model="tiny-llava",
+    task="mmvp",
+    convention="paper",
+    tau=20.0,
+    rho=0.9,
+    p=0.4,
+    summ=0.2,
+    first_layer=2,
+    metric="pair_accuracy",
+    direction="maximize",
+    tuning_value=0.5,
+    heldout_value=0.4,
+    baseline_heldout=0.3,
+    n_tuning=7,
+    n_heldout=3,
+    sweep_id="s1",
+    study="tiny-llava:mmvp:paper",
+    mlflow_run_id="r1",
+    git_commit="abc",
     data_fingerprint="f" * 16,
-)  # fmt: skip
+)
 
 
 def record(**changes) -> BestRecord:
@@ -44,7 +60,9 @@ def test_upsert_keeps_the_better_row_in_the_metric_direction(database_url):
     assert store.upsert_best(record(**chair, heldout_value=0.4))
     assert not store.upsert_best(record(**chair, heldout_value=0.45))
     assert store.best(task="chair")[0].heldout_value == 0.4
-    assert not store.upsert_best(record(metric="accuracy", heldout_value=0.99))  # another metric never replaces
+    assert not store.upsert_best(
+        record(metric="accuracy", heldout_value=0.99)
+    )  # another metric never replaces
     assert [r.task for r in store.best()] == ["chair", "mmvp"]
     store.close()
 
@@ -90,7 +108,9 @@ def test_schema_mismatch_refused_with_the_upgrade_command(database_url):
 
 
 def test_unreachable_database_is_one_clear_error():
-    with pytest.raises(StoreError, match=r"postgresql\+psycopg://u:\*\*\*@127.0.0.1:1/x is unreachable") as err:
+    with pytest.raises(
+        StoreError, match=r"postgresql\+psycopg://u:\*\*\*@127.0.0.1:1/x is unreachable"
+    ) as err:
         Store("postgresql://u:hunter2@127.0.0.1:1/x", retry_seconds=1)
     assert "hunter2" not in str(err.value)
 
@@ -119,7 +139,9 @@ def test_a_store_of_the_previous_release_upgrades_in_place_and_keeps_its_rows(da
     with pytest.raises(SchemaError, match="0001"):
         Store(database_url)
     out = subprocess.run(
-        [sys.executable, "-m", "sweep.store", "upgrade", "--url", database_url], capture_output=True, text=True
+        [sys.executable, "-m", "sweep.store", "upgrade", "--url", database_url],
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0, out.stderr
     assert "at revision 0003" in out.stdout  # the paired comparison (0002) and the sweep lease (0003)
@@ -127,7 +149,9 @@ def test_a_store_of_the_previous_release_upgrades_in_place_and_keeps_its_rows(da
     assert (row.model, row.tau, row.heldout_value, row.sweep_id) == ("tiny-llava", 20.0, 0.4, "s1")
     assert row.delta == pytest.approx(0.1) and row.p_value is None and row.ci_low is None
     stored = Store(database_url)
-    assert stored.upsert_best(record(heldout_value=0.5, ci_low=0.01, ci_high=0.2, p_value=0.03, n_resamples=2000))
+    assert stored.upsert_best(
+        record(heldout_value=0.5, ci_low=0.01, ci_high=0.2, p_value=0.03, n_resamples=2000)
+    )
     (row,) = stored.best()
     assert (row.ci_low, row.ci_high, row.p_value, row.n_resamples) == (0.01, 0.2, 0.03, 2000)
     assert row.to_dict()["delta"] == pytest.approx(0.2)

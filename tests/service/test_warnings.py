@@ -32,11 +32,14 @@ def strict() -> warnings.catch_warnings:
 
 def test_the_demo_sweep_raises_no_deprecation_from_our_calls(tmp_path):
     settings = Settings(
-        database_url=f"sqlite:///{tmp_path / 'varsweep.db'}", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}"
+        database_url=f"sqlite:///{tmp_path / 'varsweep.db'}",
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}",
     )
     caught = strict()
     try:
-        outcome = run_sweep(SweepRequest(task="mmvp", data_dir=str(SAMPLE), trials=4, batch=4), settings, workdir=tmp_path)
+        outcome = run_sweep(
+            SweepRequest(task="mmvp", data_dir=str(SAMPLE), trials=4, batch=4), settings, workdir=tmp_path
+        )
     finally:
         caught.__exit__(None, None, None)
         ray.shutdown()

@@ -45,7 +45,9 @@ def test_tasks_lists_every_benchmark_with_metric_direction_group_and_data(capsys
 def test_unknown_task_and_subcommand_are_one_line(capsys):
     assert varsweep(["sweep", "--task", "no-such-task"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: unknown task 'no-such-task'. Known: chair, cv_bench, gqa, mme, mmhal, mmvp, pope, vizwiz, vqav2"]
+    assert err == [
+        "error: unknown task 'no-such-task'. Known: chair, cv_bench, gqa, mme, mmhal, mmvp, pope, vizwiz, vqav2"
+    ]
     assert varsweep(["nope"]) == 2
     assert "unknown subcommand 'nope'" in capsys.readouterr().err
     assert main(["--task", "mmvp", "--batch", "0"]) == 2  # argparse's own checks, one line too
@@ -53,7 +55,24 @@ def test_unknown_task_and_subcommand_are_one_line(capsys):
 
 
 def test_the_run_form_and_the_subcommand_parse_the_same_options():
-    argv = ["--task", "pope", "--batch", "4", "--early-stop", "asha", "--device", "cuda", "--sink-dims", "458,2570"]
+    argv = [
+        "--task",
+        "pope",
+        "--batch",
+        "4",
+        "--early-stop",
+        "asha",
+        "--device",
+        "cuda",
+        "--sink-dims",
+        "458,2570",
+    ]
     args = build_parser().parse_args(argv)
-    assert (args.task, args.batch, args.early_stop, args.device, args.sink_dims) == ("pope", 4, "asha", "cuda", (458, 2570))
+    assert (args.task, args.batch, args.early_stop, args.device, args.sink_dims) == (
+        "pope",
+        4,
+        "asha",
+        "cuda",
+        (458, 2570),
+    )
     assert build_parser("varsweep sweep").parse_args(argv) == args

@@ -50,7 +50,9 @@ def test_every_trial_asks_for_the_same_slices_in_order_and_reports_each_rung(tas
         config = {"tau": 20.0, "rho": 0.9, "p": 0.4, "trial_number": number, "role": "search"}
         run_trial(config, actors=workers, task=task, metric="accuracy", convention="paper", rungs=rungs)
     expected = [("tuning", rungs.new_groups(r)) for r in range(len(rungs))]
-    assert all(w.calls == expected * 2 for w in workers)  # both trials, both workers: the same slices, in order
+    assert all(
+        w.calls == expected * 2 for w in workers
+    )  # both trials, both workers: the same slices, in order
     assert len(reports) == 2 * len(rungs)
     first = [TrialReport.from_result(r) for r in reports[: len(rungs)]]
     assert [r.examples_seen for r in first] == [2 * end for end in rungs.ends]  # two questions per pair
@@ -63,6 +65,8 @@ def test_every_trial_asks_for_the_same_slices_in_order_and_reports_each_rung(tas
 
 
 def test_the_trial_module_imports_no_torch():
-    code = "import sys, sweep.trial, sweep.search, workers.results, workers.tasks; print('torch' in sys.modules)"
+    code = (
+        "import sys, sweep.trial, sweep.search, workers.results, workers.tasks; print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -41,7 +41,9 @@ def test_queued_points_first_then_the_sampler_and_every_ending_told(study):
     trials = study.get_trials()
     assert [t.state for t in trials] == [State.COMPLETE, State.PRUNED, State.FAIL, State.RUNNING]
     assert trials[0].value == 0.6 and trials[0].intermediate_values == {4: 0.5, 14: 0.6}
-    assert trials[1].value == 0.25 and trials[1].intermediate_values == {4: 0.25}  # the last intermediate value
+    assert trials[1].value == 0.25 and trials[1].intermediate_values == {
+        4: 0.25
+    }  # the last intermediate value
     assert study.best_trial.number == 0 and len(finished_trials(study)) == 2
 
 
@@ -64,5 +66,7 @@ def test_a_trial_left_by_an_ask_cut_short_is_failed_requeued_and_not_counted(stu
     trials = study.get_trials()
     assert trials[orphan.number].state == State.FAIL
     assert [c["role"] for c in configs[:2]] == ["paper-defaults", "baseline"]  # the baseline runs after all
-    assert configs[1]["p"] == 0.0 and trials[configs[1]["trial_number"]].user_attrs["retry_of"] == orphan.number
+    assert (
+        configs[1]["p"] == 0.0 and trials[configs[1]["trial_number"]].user_attrs["retry_of"] == orphan.number
+    )
     assert configs[2] == StudySearcher.FINISHED  # the limit counts the two owned trials, not the orphan

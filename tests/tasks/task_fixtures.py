@@ -173,14 +173,18 @@ def write_coco(
         ]
         captions += [{"id": len(captions) + 1, "image_id": image_id, "caption": t} for t in texts]
     image_list = [{"id": i, "file_name": f"COCO_val2014_{i:012d}.jpg"} for i in images]
-    write_json(root / "annotations" / "instances_val2014.json",
-               {"images": image_list, "annotations": annotations, "categories": COCO_CATEGORIES})  # fmt: skip
+    write_json(
+        root / "annotations" / "instances_val2014.json",
+        {"images": image_list, "annotations": annotations, "categories": COCO_CATEGORIES},
+    )
     write_json(
         root / "annotations" / "captions_val2014.json", {"images": image_list, "annotations": captions}
     )
     if train:  # OPERA loads the train2014 files too; empty ones change nothing
-        write_json(root / "annotations" / "instances_train2014.json",
-                   {"images": [], "annotations": [], "categories": COCO_CATEGORIES})  # fmt: skip
+        write_json(
+            root / "annotations" / "instances_train2014.json",
+            {"images": [], "annotations": [], "categories": COCO_CATEGORIES},
+        )
         write_json(root / "annotations" / "captions_train2014.json", {"images": [], "annotations": []})
     for image_id in images:
         write_image(root / "val2014" / f"COCO_val2014_{image_id:012d}.jpg")
@@ -216,16 +220,32 @@ def write_mme(root: Path, categories: Mapping[str, Mapping[str, Sequence[tuple[s
 
 def write_vqav2(root: Path, questions: Sequence[tuple[int, int, str, Sequence[str]]]) -> Path:
     """``[(question_id, image_id, question, ten answers)]`` as the official v2 val2014 files."""
-    write_json(root / "v2_OpenEnded_mscoco_val2014_questions.json", {
-        "data_subtype": "val2014",
-        "questions": [{"image_id": i, "question": q, "question_id": qid} for qid, i, q, _ in questions],
-    })  # fmt: skip
-    write_json(root / "v2_mscoco_val2014_annotations.json", {"annotations": [
-        {"question_id": qid, "image_id": i, "multiple_choice_answer": answers[0], "question_type": "what",
-         "answer_type": "other", "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": n + 1}
-                                             for n, a in enumerate(answers)]}
-        for qid, i, _, answers in questions
-    ]})  # fmt: skip
+    write_json(
+        root / "v2_OpenEnded_mscoco_val2014_questions.json",
+        {
+            "data_subtype": "val2014",
+            "questions": [{"image_id": i, "question": q, "question_id": qid} for qid, i, q, _ in questions],
+        },
+    )
+    write_json(
+        root / "v2_mscoco_val2014_annotations.json",
+        {
+            "annotations": [
+                {
+                    "question_id": qid,
+                    "image_id": i,
+                    "multiple_choice_answer": answers[0],
+                    "question_type": "what",
+                    "answer_type": "other",
+                    "answers": [
+                        {"answer": a, "answer_confidence": "yes", "answer_id": n + 1}
+                        for n, a in enumerate(answers)
+                    ],
+                }
+                for qid, i, _, answers in questions
+            ]
+        },
+    )
     for _, image_id, _, _ in questions:
         write_image(root / "val2014" / f"COCO_val2014_{image_id:012d}.jpg")
     return root
@@ -233,11 +253,19 @@ def write_vqav2(root: Path, questions: Sequence[tuple[int, int, str, Sequence[st
 
 def write_vizwiz(root: Path, items: Sequence[tuple[str, str, Sequence[str]]]) -> Path:
     """``[(image name, question, answers)]`` as VizWiz's ``val.json``."""
-    write_json(root / "val.json", [
-        {"image": image, "question": q, "answers": [{"answer": a, "answer_confidence": "yes"} for a in answers],
-         "answer_type": "other", "answerable": 1}
-        for image, q, answers in items
-    ])  # fmt: skip
+    write_json(
+        root / "val.json",
+        [
+            {
+                "image": image,
+                "question": q,
+                "answers": [{"answer": a, "answer_confidence": "yes"} for a in answers],
+                "answer_type": "other",
+                "answerable": 1,
+            }
+            for image, q, answers in items
+        ],
+    )
     for image, _, _ in items:
         write_image(root / "val" / image)
     return root
@@ -245,10 +273,13 @@ def write_vizwiz(root: Path, items: Sequence[tuple[str, str, Sequence[str]]]) ->
 
 def write_gqa(root: Path, items: Mapping[str, tuple[str, str, str]]) -> Path:
     """``{question_id: (image id, question, answer)}`` as ``testdev_balanced_questions.json``."""
-    write_json(root / "testdev_balanced_questions.json", {
-        qid: {"imageId": image, "question": q, "answer": a, "fullAnswer": f"It is {a}."}
-        for qid, (image, q, a) in items.items()
-    })  # fmt: skip
+    write_json(
+        root / "testdev_balanced_questions.json",
+        {
+            qid: {"imageId": image, "question": q, "answer": a, "fullAnswer": f"It is {a}."}
+            for qid, (image, q, a) in items.items()
+        },
+    )
     for image, _, _ in items.values():
         write_image(root / "images" / f"{image}.jpg")
     return root
@@ -307,21 +338,38 @@ def build_task_dir(name: str, root: Path) -> tuple[Path, dict[str, Any]]:
     if name == "mmvp":
         return write_mmvp(root), {}
     if name == "pope":
-        splits = {s: [pope_record(1, 1, "dog", "yes"), pope_record(2, 1, "cat", "no"),
-                      pope_record(3, 2, "car", "yes"), pope_record(4, 2, "bus", "no")]
-                  for s in ("random", "popular", "adversarial")}  # fmt: skip
+        splits = {
+            s: [
+                pope_record(1, 1, "dog", "yes"),
+                pope_record(2, 1, "cat", "no"),
+                pope_record(3, 2, "car", "yes"),
+                pope_record(4, 2, "bus", "no"),
+            ]
+            for s in ("random", "popular", "adversarial")
+        }
         return write_pope(root, splits), {}
     if name == "cv_bench":
         return write_cv_bench(root), {}
     if name == "chair":
         return write_coco(root, {1: ([18], ["A dog on a bench."]), 2: ([1], ["A man."])}), {}
     if name == "mme":
-        return write_mme(root, {
-            "existence": {"0001": [("Is there a dog? Please answer yes or no.", "Yes"),
-                                   ("Is there a cat? Please answer yes or no.", "No")]},
-            "code_reasoning": {"0002": [("Is the output 3? Please answer yes or no.", "Yes"),
-                                        ("Is the output 4? Please answer yes or no.", "No")]},
-        }), {}  # fmt: skip
+        return write_mme(
+            root,
+            {
+                "existence": {
+                    "0001": [
+                        ("Is there a dog? Please answer yes or no.", "Yes"),
+                        ("Is there a cat? Please answer yes or no.", "No"),
+                    ]
+                },
+                "code_reasoning": {
+                    "0002": [
+                        ("Is the output 3? Please answer yes or no.", "Yes"),
+                        ("Is the output 4? Please answer yes or no.", "No"),
+                    ]
+                },
+            },
+        ), {}
     if name == "vqav2":
         return write_vqav2(
             root, [(10, 1, "What animal?", ["dog"] * 10), (11, 2, "How many?", ["2"] * 10)]

@@ -64,18 +64,37 @@ def test_pope_parser_is_eval_pope(text, label):
 
 @pytest.mark.parametrize(
     ("text", "label"),
-    [("Yes", "yes"), ("no.", "no"), ("Y", "yes"), ("n", "no"), ("Yes, it is.", "yes"), ("Not really", "no"),
-     ("x", None), ("Maybe", None), ("The answer is yes", None)],
-)  # fmt: skip
+    [
+        ("Yes", "yes"),
+        ("no.", "no"),
+        ("Y", "yes"),
+        ("n", "no"),
+        ("Yes, it is.", "yes"),
+        ("Not really", "no"),
+        ("x", None),
+        ("Maybe", None),
+        ("The answer is yes", None),
+    ],
+)
 def test_mme_parser(text, label):
     assert mme_yes_no(text) == label
 
 
 @pytest.mark.parametrize(
     ("text", "normal"),
-    [("Two", "2"), ("a dog", "dog"), ("dog.", "dog"), ("yes,", "yes"), ("The  Dog\n", "dog"), ("2.5", "2.5"),
-     ("isnt", "isn't"), ("black/white", "black white"), ("1,000", "1000"), ("Unanswerable", "unanswerable")],
-)  # fmt: skip
+    [
+        ("Two", "2"),
+        ("a dog", "dog"),
+        ("dog.", "dog"),
+        ("yes,", "yes"),
+        ("The  Dog\n", "dog"),
+        ("2.5", "2.5"),
+        ("isnt", "isn't"),
+        ("black/white", "black white"),
+        ("1,000", "1000"),
+        ("Unanswerable", "unanswerable"),
+    ],
+)
 def test_vqa_normalisation(text, normal):
     assert vqa_normalize(text) == normal
 
@@ -102,9 +121,14 @@ def test_gqa_normalisation():
 
 @pytest.mark.parametrize(
     ("reply", "rating"),
-    [("The response is fine.\nRating: 4, somewhat informative", 4), ("rating: 0", 0), ("no verdict", None),
-     ("Rating: 2 ... on second thought Rating: 5", None), ("RATING: 6", 6)],
-)  # fmt: skip
+    [
+        ("The response is fine.\nRating: 4, somewhat informative", 4),
+        ("rating: 0", 0),
+        ("no verdict", None),
+        ("Rating: 2 ... on second thought Rating: 5", None),
+        ("RATING: 6", 6),
+    ],
+)
 def test_mmhal_rating(reply, rating):
     assert parse_rating(reply) == rating
 

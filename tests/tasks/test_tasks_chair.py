@@ -55,8 +55,10 @@ def test_section8_coco_layout(tmp_path):
 
 
 def test_section8_lmms_eval_layout(tmp_path):
-    rows = [{"question_id": str(i), "gt_object": gt, "image": hf_image()}
-            for i, gt in ((1, ["person"]), (2, ["hot dog"]), (3, ["toilet"]), (4, ["dog", "surfboard"]))]  # fmt: skip
+    rows = [
+        {"question_id": str(i), "gt_object": gt, "image": hf_image()}
+        for i, gt in ((1, ["person"]), (2, ["hot dog"]), (3, ["toilet"]), (4, ["dog", "surfboard"]))
+    ]
     write_parquet(tmp_path / "data" / "test-00000-of-00001.parquet", rows)
     task = get_task("chair", tmp_path)
     assert task.metadata["layout"] == "lmms-eval"
@@ -71,7 +73,11 @@ def test_caption_parser_quirks():
     assert parse("A man is seated.").node_words == ("person", "chair")  # tagged VBN -> lemma seat -> chair
     assert parse("A motor bike and a motorbike.").node_words == ("motorcycle",)  # " motor bike" never matches
     assert parse("Two people skiing near a baby bird and a passenger jet.").node_words == (
-        "person", "skis", "bird", "airplane")  # fmt: skip
+        "person",
+        "skis",
+        "bird",
+        "airplane",
+    )
     assert parse("A dining table.").node_words == ("dining table",)
 
 
@@ -96,8 +102,10 @@ def test_image_list_and_options(tmp_path):
 def test_bad_data_is_named(tmp_path):
     with pytest.raises(DataError, match="no instances_val2014.json"):
         get_task("chair", tmp_path)
-    rows = [{"question_id": 1, "gt_object": ["person"], "image": hf_image()},
-            {"question_id": 2, "gt_object": ["unicorn"], "image": hf_image()}]  # fmt: skip
+    rows = [
+        {"question_id": 1, "gt_object": ["person"], "image": hf_image()},
+        {"question_id": 2, "gt_object": ["unicorn"], "image": hf_image()},
+    ]
     write_parquet(tmp_path / "chair.parquet", rows)
     with pytest.raises(DataError, match="chair.parquet row 2: 'unicorn' is not a COCO object word"):
         get_task("chair", tmp_path)
@@ -141,8 +149,28 @@ def test_morphy_equals_nltks_wordnet_lemmatizer(tmp_path, monkeypatch):
     ours = load_wordnet()
     words = {w for w in _NODE_OF if " " not in w}
     words |= {w + s for w in list(words) for s in ("s", "es")}
-    words |= {"mice", "geese", "children", "people", "knives", "oxen", "skiing", "seated", "tied", "glasses",
-              "buses", "boxes", "ladies", "leaves", "running", "better", "biggest", "feet", "teeth", "ran"}  # fmt: skip
+    words |= {
+        "mice",
+        "geese",
+        "children",
+        "people",
+        "knives",
+        "oxen",
+        "skiing",
+        "seated",
+        "tied",
+        "glasses",
+        "buses",
+        "boxes",
+        "ladies",
+        "leaves",
+        "running",
+        "better",
+        "biggest",
+        "feet",
+        "teeth",
+        "ran",
+    }
     for word in sorted(words):
         for pos in ("n", "v", "a", "r"):
             theirs = nltk_reader._morphy(word, pos)
@@ -160,8 +188,16 @@ def test_vendored_tagger_is_the_vetted_one():
     tag = _chair_text._builtin_tagger()
     # nltk:tag/perceptron.py PerceptronTagger docstring, with the official model
     assert tag("The quick brown fox jumps over the lazy dog") == [
-        ("The", "DT"), ("quick", "JJ"), ("brown", "NN"), ("fox", "NN"), ("jumps", "VBZ"), ("over", "IN"),
-        ("the", "DT"), ("lazy", "JJ"), ("dog", "NN")]  # fmt: skip
+        ("The", "DT"),
+        ("quick", "JJ"),
+        ("brown", "NN"),
+        ("fox", "NN"),
+        ("jumps", "VBZ"),
+        ("over", "IN"),
+        ("the", "DT"),
+        ("lazy", "JJ"),
+        ("dog", "NN"),
+    ]
 
 
 def test_tampered_tagger_and_missing_wordnet_are_clear(tmp_path, monkeypatch):

@@ -64,10 +64,13 @@ def test_a_large_true_gain_is_found(mmvp):
 def test_ratio_metric_f1_by_hand(tmp_path):
     """POPE F1 = 2TP / (2TP + FP + FN) is a ratio over images, not a mean: checked on a case by hand."""
     records = [
-        pope_record(1, 1, "cat", "yes"), pope_record(2, 1, "dog", "no"),
-        pope_record(3, 2, "car", "yes"), pope_record(4, 2, "bus", "no"),
-        pope_record(5, 3, "cup", "yes"), pope_record(6, 3, "pen", "no"),
-    ]  # fmt: skip
+        pope_record(1, 1, "cat", "yes"),
+        pope_record(2, 1, "dog", "no"),
+        pope_record(3, 2, "car", "yes"),
+        pope_record(4, 2, "bus", "no"),
+        pope_record(5, 3, "cup", "yes"),
+        pope_record(6, 3, "pen", "no"),
+    ]
     task = get_task("pope", str(write_pope(tmp_path, {"random": records}, images=False)), split="random")
     a = {"1": "Yes", "2": "No", "3": "Yes", "4": "Yes", "5": "No", "6": "No"}  # TP 2, FP 1, FN 1: F1 4/6
     b = {"1": "Yes", "2": "Yes", "3": "No", "4": "Yes", "5": "No", "6": "No"}  # TP 1, FP 2, FN 2: F1 2/6

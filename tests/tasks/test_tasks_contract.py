@@ -221,7 +221,9 @@ def test_registry_rejects_duplicates_and_loads_lazily():
 
 
 def test_get_task_needs_an_existing_data_dir(tmp_path):
-    with pytest.raises(DataError, match="task 'pope' needs data_dir.*hub downloads are known for cv_bench, mmvp"):
+    with pytest.raises(
+        DataError, match="task 'pope' needs data_dir.*hub downloads are known for cv_bench, mmvp"
+    ):
         get_task("pope")
     with pytest.raises(DataError, match="is not a folder"):
         get_task("mmvp", tmp_path / "absent")

@@ -10,8 +10,15 @@ from tasks.task_fixtures import CV_ROWS, cv_row, write_cv_bench, write_jsonl
 from workers.tasks import DataError, get_task
 
 # ADE20K 1/3 right, COCO 2/2, Omni3D 1/2.
-PREDICTIONS = {"2D/0": "(C) 1", "2D/1": "B", "2D/2": "The answer is A", "2D/3": "B", "2D/6": "A.",
-               "3D/4": "A", "3D/5": "A"}  # fmt: skip
+PREDICTIONS = {
+    "2D/0": "(C) 1",
+    "2D/1": "B",
+    "2D/2": "The answer is A",
+    "2D/3": "B",
+    "2D/6": "A.",
+    "3D/4": "A",
+    "3D/5": "A",
+}
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
@@ -51,13 +58,19 @@ def test_one_split(tmp_path):
 @pytest.mark.parametrize(
     ("row", "message"),
     [
-        ({**cv_row(9, "COCO", ["a", "b", "c", "d"], "(E)")}, r"line 2: unknown answer letter '\(E\)' for 4 choices"),
+        (
+            {**cv_row(9, "COCO", ["a", "b", "c", "d"], "(E)")},
+            r"line 2: unknown answer letter '\(E\)' for 4 choices",
+        ),
         ({**cv_row(9, "KITTI", ["a", "b"], "(A)")}, r"line 2: unknown source 'KITTI'"),
-        ({k: v for k, v in cv_row(9, "COCO", ["a", "b"], "(A)").items() if k != "prompt"}, "line 2: missing field 'prompt'"),
+        (
+            {k: v for k, v in cv_row(9, "COCO", ["a", "b"], "(A)").items() if k != "prompt"},
+            "line 2: missing field 'prompt'",
+        ),
         ({**cv_row(0, "COCO", ["a", "b"], "(A)")}, r"line 2: duplicate id '2D/0' \(first at line 1\)"),
         ({**cv_row(9, "COCO", ["a"], "(A)")}, "line 2: expected 2 to 26 choices, got 1"),
     ],
-)  # fmt: skip
+)
 def test_bad_rows_name_file_and_row(tmp_path, row, message):
     write_cv_bench(tmp_path)
     write_jsonl(tmp_path / "test_2d.jsonl", [CV_ROWS[0], row])

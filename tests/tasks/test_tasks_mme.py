@@ -27,8 +27,13 @@ def task(tmp_path):
 def test_loader_and_prompt(task, tmp_path):
     assert task.metadata["categories"] == ("artwork", "code_reasoning")
     assert [e.id for e in task.examples] == [
-        "artwork/10002/1", "artwork/10002/2", "artwork/10003/1", "artwork/10003/2",
-        "code_reasoning/0020/1", "code_reasoning/0020/2"]  # fmt: skip
+        "artwork/10002/1",
+        "artwork/10002/2",
+        "artwork/10003/1",
+        "artwork/10003/2",
+        "code_reasoning/0020/1",
+        "code_reasoning/0020/2",
+    ]
     first = task.examples[0]
     assert first.group == "artwork/10002.jpg" and first.image.path == tmp_path / "artwork/images/10002.jpg"
     assert task.examples[4].image.path == tmp_path / "code_reasoning/0020.png"
@@ -39,8 +44,14 @@ def test_loader_and_prompt(task, tmp_path):
 def test_section8_acc_plus(task):
     # artwork: image 10002 both right, image 10003 one right -> acc 3/4, acc+ 1/2 -> 75 + 50 = 125
     # code_reasoning: one image, one right -> acc 1/2, acc+ 0 -> 50
-    predictions = {"artwork/10002/1": "Yes", "artwork/10002/2": "No", "artwork/10003/1": "Yes",
-                   "artwork/10003/2": "Yes", "code_reasoning/0020/1": "yes.", "code_reasoning/0020/2": "Yes"}  # fmt: skip
+    predictions = {
+        "artwork/10002/1": "Yes",
+        "artwork/10002/2": "No",
+        "artwork/10003/1": "Yes",
+        "artwork/10003/2": "Yes",
+        "code_reasoning/0020/1": "yes.",
+        "code_reasoning/0020/2": "Yes",
+    }
     m = task.score(predictions)
     assert m["artwork"] == pytest.approx(125.0) and m["code_reasoning"] == pytest.approx(50.0)
     assert m["perception"] == pytest.approx(125.0) and m["cognition"] == pytest.approx(50.0)

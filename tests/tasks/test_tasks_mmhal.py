@@ -8,8 +8,16 @@ from tasks.task_fixtures import mmhal_records, write_mmhal
 from workers.tasks import DataError, ScoringError, get_task
 from workers.tasks.mmhal import JudgeRequest
 
-REPLIES = ["Good.\nRating: 4, somewhat informative, no hallucination", "no verdict here",
-           "Rating: 2 at first, then Rating: 5", "rating: 6", "Rating: 0", "Rating: 3", "Rating: 1", "Rating: 5"]  # fmt: skip
+REPLIES = [
+    "Good.\nRating: 4, somewhat informative, no hallucination",
+    "no verdict here",
+    "Rating: 2 at first, then Rating: 5",
+    "rating: 6",
+    "Rating: 0",
+    "Rating: 3",
+    "Rating: 1",
+    "Rating: 5",
+]
 
 
 def test_scores_with_a_fake_judge(tmp_path):
@@ -28,8 +36,12 @@ def test_scores_with_a_fake_judge(tmp_path):
     assert m["hallucination_rate"] == pytest.approx(4 / 8)  # ratings below 3: 0, 0, 0, 1
     assert m["invalid_rate"] == pytest.approx(2 / 8)
     assert m["type/attribute"] == 4 and m["type/adversarial"] == 0 and m["type/counting"] == 6
-    assert seen[0] == JudgeRequest(image_content="Dog, Animal", question="What is happening in picture 0?",
-                                   gt_answer="A dog is sitting (0).", model_answer="answer 0")  # fmt: skip
+    assert seen[0] == JudgeRequest(
+        image_content="Dog, Animal",
+        question="What is happening in picture 0?",
+        gt_answer="A dog is sitting (0).",
+        model_answer="answer 0",
+    )
 
 
 def test_scoring_without_a_judge_is_an_error(tmp_path):

@@ -18,8 +18,12 @@ SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "mmvp-sample"
 
 
 def test_section8_scores(tmp_path):
-    rows = [("Is the door open?", "(a) Open (b) Closed", "(a)"), ("Is the door open?", "(a) Open (b) Closed", "(b)"),
-            ("Is it red?", "(a) Yes (b) No", "(b)"), ("Is it red?", "(a) Yes (b) No", "(b)")]  # fmt: skip
+    rows = [
+        ("Is the door open?", "(a) Open (b) Closed", "(a)"),
+        ("Is the door open?", "(a) Open (b) Closed", "(b)"),
+        ("Is it red?", "(a) Yes (b) No", "(b)"),
+        ("Is it red?", "(a) Yes (b) No", "(b)"),
+    ]
     task = get_task("mmvp", write_mmvp(tmp_path, rows))
     outputs = {"1": "A", "2": "(B)", "3": "B. Closed", "4": "The answer is A"}  # right, right, right, wrong
     metrics = task.score(outputs)
@@ -62,18 +66,34 @@ HEADER = ["Index", "Question", "Options", "Correct Answer"]
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        ([["Id", "Q", "O", "A"], ["1", "q", "(a) x (b) y", "(a)"]], r"line 1: expected a header starting with Index"),
-        ([HEADER, ["1", "q", "(a) x (b) y", "(a)"], ["2", "q", "(a) x (b) y"]], r"line 3: expected 4 columns, found 3"),
-        ([HEADER, ["1", "q", "(a) x (b) y", "(a)"], ["2", "q", "(a) x (b) y", "(c)"]],
-         r"line 3: unknown answer letter '\(c\)'"),
-        ([HEADER, ["1", "q", "(a) x (b) y", "(a)"], ["2", "q", "x or y", "(b)"]], r"line 3: Options 'x or y' should"),
-        ([HEADER, ["one", "q", "(a) x (b) y", "(a)"], ["2", "q", "(a) x (b) y", "(b)"]],
-         r"line 2: Index 'one' is not an integer"),
-        ([HEADER, ["2", "q", "(a) x (b) y", "(a)"], ["1", "q", "(a) x (b) y", "(b)"]], r"line 2: Index 2 out of order"),
+        (
+            [["Id", "Q", "O", "A"], ["1", "q", "(a) x (b) y", "(a)"]],
+            r"line 1: expected a header starting with Index",
+        ),
+        (
+            [HEADER, ["1", "q", "(a) x (b) y", "(a)"], ["2", "q", "(a) x (b) y"]],
+            r"line 3: expected 4 columns, found 3",
+        ),
+        (
+            [HEADER, ["1", "q", "(a) x (b) y", "(a)"], ["2", "q", "(a) x (b) y", "(c)"]],
+            r"line 3: unknown answer letter '\(c\)'",
+        ),
+        (
+            [HEADER, ["1", "q", "(a) x (b) y", "(a)"], ["2", "q", "x or y", "(b)"]],
+            r"line 3: Options 'x or y' should",
+        ),
+        (
+            [HEADER, ["one", "q", "(a) x (b) y", "(a)"], ["2", "q", "(a) x (b) y", "(b)"]],
+            r"line 2: Index 'one' is not an integer",
+        ),
+        (
+            [HEADER, ["2", "q", "(a) x (b) y", "(a)"], ["1", "q", "(a) x (b) y", "(b)"]],
+            r"line 2: Index 2 out of order",
+        ),
         ([HEADER, ["1", "q", "(a) x (b) y", "(a)"]], r"line 2: 1 questions: MMVP pairs need an even number"),
         ([HEADER], r"no data rows under the header"),
     ],
-)  # fmt: skip
+)
 def test_bad_rows_name_file_and_row(tmp_path, rows, message):
     data_dir = write_csv(tmp_path / "Questions.csv", rows)
     with pytest.raises(DataError, match=message) as caught:
@@ -102,10 +122,15 @@ def test_missing_and_corrupt_images_are_named(tmp_path):
 
 def parquet_rows(answers=("(a)", "(b)", "(b)", "(a)")) -> list[dict]:
     return [
-        {"Index": i, "Question": "Is it open?", "Options": "(a) Open (b) Closed", "Correct Answer": answer,
-         "image": hf_image((i * 50, 0, 0))}
+        {
+            "Index": i,
+            "Question": "Is it open?",
+            "Options": "(a) Open (b) Closed",
+            "Correct Answer": answer,
+            "image": hf_image((i * 50, 0, 0)),
+        }
         for i, answer in enumerate(answers, start=1)
-    ]  # fmt: skip
+    ]
 
 
 def test_lmms_lab_eval_parquet(tmp_path):

@@ -64,8 +64,10 @@ def test_option_token_ids_refuses_ambiguous_options():
 
 
 def option_tasks(root: Path) -> list[Task]:
-    pope = [pope_record(q, q, obj, label) for q, obj, label in
-            ((1, "dog", "yes"), (2, "cat", "no"), (3, "car", "yes"), (4, "kite", "no"))]  # fmt: skip
+    pope = [
+        pope_record(q, q, obj, label)
+        for q, obj, label in ((1, "dog", "yes"), (2, "cat", "no"), (3, "car", "yes"), (4, "kite", "no"))
+    ]
     return [
         get_task("mmvp", SAMPLE, limit=2),
         get_task("pope", write_pope(root / "pope", {"random": pope}), split="random"),
@@ -132,9 +134,13 @@ def test_option_logits_agree_with_greedy_generation(preset, tmp_path):
 
     for task, example, inputs, ids, _ in cases:
         generated = model.generate(
-            **inputs, max_new_tokens=1, do_sample=False, logits_processor=LogitsProcessorList([KeepOnly(ids)]),
-            return_dict_in_generate=True, output_logits=True,
-        )  # fmt: skip
+            **inputs,
+            max_new_tokens=1,
+            do_sample=False,
+            logits_processor=LogitsProcessorList([KeepOnly(ids)]),
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
         logits = generated.logits[0][0]  # the model's own first-step logits, before the processor
         best = example.options[int(torch.argmax(logits[list(ids)]))]
         assert best == chosen[(task.name, example.id)]

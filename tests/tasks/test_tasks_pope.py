@@ -44,7 +44,11 @@ def test_real_files_always_yes_by_hand(real):
     metrics = real.score({e.id: "Yes" for e in real.examples})
     # random: TP 1500, FP 1410; popular/adversarial: TP 1500, FP 1500; no TN, no FN.
     assert (metrics["random/tp"], metrics["random/fp"], metrics["random/tn"], metrics["random/fn"]) == (
-        1500, 1410, 0, 0)  # fmt: skip
+        1500,
+        1410,
+        0,
+        0,
+    )
     assert metrics["random/precision"] == pytest.approx(1500 / 2910)
     assert metrics["random/recall"] == 1.0 and metrics["random/yes_ratio"] == 1.0
     assert metrics["random/f1"] == pytest.approx(3000 / 4410)
@@ -88,8 +92,12 @@ ANSWERS = {  # (label, answer) -> eval_pope reads it as yes/no
 
 def section8_dir(tmp_path):
     random = [pope_record(q, 1 + q // 3, "dog", label) for q, (label, _) in ANSWERS.items()]
-    popular = [pope_record(1, 1, "dog", "yes"), pope_record(2, 1, "cat", "no"),
-               pope_record(3, 2, "car", "no"), pope_record(4, 2, "bus", "no")]  # fmt: skip
+    popular = [
+        pope_record(1, 1, "dog", "yes"),
+        pope_record(2, 1, "cat", "no"),
+        pope_record(3, 2, "car", "no"),
+        pope_record(4, 2, "bus", "no"),
+    ]
     adversarial = [pope_record(1, 1, "dog", "yes"), pope_record(2, 2, "cat", "yes")]
     return write_pope(tmp_path, {"random": random, "popular": popular, "adversarial": adversarial})
 
@@ -151,18 +159,24 @@ def test_images_come_from_image_dir(tmp_path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ('{"question_id": 1, "image": "a.jpg", "text": "Is there a dog?", "label": "yes"}\n{"question_id": 2,\n',
-         "line 2: malformed JSON"),
-        ('{"question_id": 1, "image": "a.jpg", "text": "Is there a dog?", "label": "maybe"}\n',
-         "line 1: unknown label 'maybe'"),
+        (
+            '{"question_id": 1, "image": "a.jpg", "text": "Is there a dog?", "label": "yes"}\n{"question_id": 2,\n',
+            "line 2: malformed JSON",
+        ),
+        (
+            '{"question_id": 1, "image": "a.jpg", "text": "Is there a dog?", "label": "maybe"}\n',
+            "line 1: unknown label 'maybe'",
+        ),
         ('{"question_id": 1, "image": "a.jpg", "label": "yes"}\n', "line 1: missing field 'text'"),
-        ('\n{"question_id": 1, "image": "a.jpg", "text": "?", "label": "yes"}\n'
-         '{"question_id": 1, "image": "b.jpg", "text": "?", "label": "no"}\n',
-         "line 3: duplicate id '1' \\(first at line 2\\)"),
+        (
+            '\n{"question_id": 1, "image": "a.jpg", "text": "?", "label": "yes"}\n'
+            '{"question_id": 1, "image": "b.jpg", "text": "?", "label": "no"}\n',
+            "line 3: duplicate id '1' \\(first at line 2\\)",
+        ),
         ('["not", "objects"]', "item 1: expected a JSON object"),
         ("", "file is empty"),
     ],
-)  # fmt: skip
+)
 def test_bad_rows_name_file_and_row(tmp_path, content, message):
     (tmp_path / "coco_pope_random.json").write_text(content)
     with pytest.raises(DataError, match=message) as caught:

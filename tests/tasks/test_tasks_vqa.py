@@ -26,8 +26,10 @@ def test_vqav2_normalisation_and_soft_accuracy(tmp_path):
 
 
 def test_vizwiz_unanswerable_and_eval_ai_processing(tmp_path):
-    items = [("VizWiz_val_00000001.jpg", "what is this?", ["unanswerable"] * 10),
-             ("VizWiz_val_00000002.jpg", "WHAT COLOR is the shirt?", ["blue"] * 3 + ["navy"] * 7)]  # fmt: skip
+    items = [
+        ("VizWiz_val_00000001.jpg", "what is this?", ["unanswerable"] * 10),
+        ("VizWiz_val_00000002.jpg", "WHAT COLOR is the shirt?", ["blue"] * 3 + ["navy"] * 7),
+    ]
     task = get_task("vizwiz", write_vizwiz(tmp_path, items))
     assert [e.id for e in task.examples] == ["VizWiz_val_00000001", "VizWiz_val_00000002"]
     assert task.text(task.examples[1]) == (
@@ -39,11 +41,17 @@ def test_vizwiz_unanswerable_and_eval_ai_processing(tmp_path):
 
 
 def test_gqa_exact_match(tmp_path):
-    task = get_task("gqa", write_gqa(tmp_path, {
-        "201": ("n1", "What color is the car?", "red"),
-        "202": ("n1", "Is it on the left?", "yes"),
-        "203": ("n2", "What is on the table?", "laptop"),
-    }))  # fmt: skip
+    task = get_task(
+        "gqa",
+        write_gqa(
+            tmp_path,
+            {
+                "201": ("n1", "What color is the car?", "red"),
+                "202": ("n1", "Is it on the left?", "yes"),
+                "203": ("n2", "What is on the table?", "laptop"),
+            },
+        ),
+    )
     assert task.examples[0].image.path == tmp_path / "images" / "n1.jpg"
     m = task.score({"201": "Red.", "202": " yes", "203": "a laptop"})
     assert m["accuracy"] == pytest.approx(2 / 3)
@@ -53,8 +61,15 @@ def test_gqa_exact_match(tmp_path):
 def test_bad_rows_name_file_and_row(tmp_path):
     write_vqav2(tmp_path, [(1, 100, "How many?", ["2"] * 10)])
     questions = tmp_path / "v2_OpenEnded_mscoco_val2014_questions.json"
-    write_json(questions, {"questions": [{"image_id": 100, "question": "How many?", "question_id": 1},
-                                         {"image_id": 100, "question": "Why?", "question_id": 2}]})  # fmt: skip
+    write_json(
+        questions,
+        {
+            "questions": [
+                {"image_id": 100, "question": "How many?", "question_id": 1},
+                {"image_id": 100, "question": "Why?", "question_id": 2},
+            ]
+        },
+    )
     with pytest.raises(DataError, match=r"questions.json item 2: question_id 2 has no entry in"):
         get_task("vqav2", tmp_path)
     write_json(questions, {"questions": [{"image_id": 100, "question_id": 1}]})

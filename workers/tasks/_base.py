@@ -95,7 +95,9 @@ class ImageRef:
 
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit here says it in one line
+                warnings.simplefilter(
+                    "ignore", Image.DecompressionBombWarning
+                )  # the limit here says it in one line
                 with Image.open(self._source()) as image:
                     width, height = image.size
                     if max_pixels is not None and width * height > max_pixels:
@@ -244,7 +246,11 @@ class Task:
         (``invalid_rate``, POPE's ``yes_ratio`` and confusion cells)."""
         answers = {e.id: (e.options[0] if e.options else "") for e in self.examples}
         skipped = {"invalid_rate", "yes_ratio", "tp", "fp", "tn", "fn"}
-        return tuple(n for n in self.score(answers) if not n.endswith("_stderr") and n.rsplit("/", 1)[-1] not in skipped)
+        return tuple(
+            n
+            for n in self.score(answers)
+            if not n.endswith("_stderr") and n.rsplit("/", 1)[-1] not in skipped
+        )
 
     def direction_of(self, metric: str) -> str:
         """``"maximize"`` or ``"minimize"``: how ``metric`` is optimised.
@@ -254,7 +260,9 @@ class Task:
         """
         names = self.metrics()
         if metric not in names:
-            raise ConfigError(f"task {self.name} has no metric {metric!r} to optimise; it has {', '.join(names)}")
+            raise ConfigError(
+                f"task {self.name} has no metric {metric!r} to optimise; it has {', '.join(names)}"
+            )
         if metric == self.metric:
             return self.direction
         return "minimize" if metric.rsplit("/", 1)[-1] in self.spec.lower_is_better else "maximize"

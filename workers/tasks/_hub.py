@@ -40,4 +40,6 @@ def resolve_data_dir(task: str, data_dir: str | Path | None) -> Path:
         return Path(snapshot_download(repo, repo_type="dataset", allow_patterns=list(patterns)))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"cannot download dataset {repo!r} for task {task!r} from the Hugging Face hub: {first}") from e
+        raise DataError(
+            f"cannot download dataset {repo!r} for task {task!r} from the Hugging Face hub: {first}"
+        ) from e

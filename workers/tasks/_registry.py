@@ -78,21 +78,48 @@ class TaskInfo:
 
 # name -> (loader, spec, what data_dir holds); loaders and specs import on first use
 _CATALOG = {
-    "mmvp": ("workers.tasks.mmvp:load_mmvp", "workers.tasks.mmvp:SPEC",
-             "Questions.csv + MMVP Images/; default hf://lmms-lab-eval/MMVP"),
-    "pope": ("workers.tasks.pope:load_pope", "workers.tasks.pope:SPEC",
-             "coco_pope_{random,popular,adversarial}.json; COCO val2014 images"),
-    "cv_bench": ("workers.tasks.cv_bench:load_cv_bench", "workers.tasks.cv_bench:SPEC",
-                 "test_2d/test_3d parquet, or jsonl + img/; default hf://nyu-visionx/CV-Bench"),
-    "chair": ("workers.tasks.chair:load_chair", "workers.tasks.chair:SPEC",
-              "COCO instances + captions (or lmms-eval's parquet); WordNet"),
+    "mmvp": (
+        "workers.tasks.mmvp:load_mmvp",
+        "workers.tasks.mmvp:SPEC",
+        "Questions.csv + MMVP Images/; default hf://lmms-lab-eval/MMVP",
+    ),
+    "pope": (
+        "workers.tasks.pope:load_pope",
+        "workers.tasks.pope:SPEC",
+        "coco_pope_{random,popular,adversarial}.json; COCO val2014 images",
+    ),
+    "cv_bench": (
+        "workers.tasks.cv_bench:load_cv_bench",
+        "workers.tasks.cv_bench:SPEC",
+        "test_2d/test_3d parquet, or jsonl + img/; default hf://nyu-visionx/CV-Bench",
+    ),
+    "chair": (
+        "workers.tasks.chair:load_chair",
+        "workers.tasks.chair:SPEC",
+        "COCO instances + captions (or lmms-eval's parquet); WordNet",
+    ),
     "mme": ("workers.tasks.mme:load_mme", "workers.tasks.mme:SPEC", "the benchmark's per-category folders"),
-    "vqav2": ("workers.tasks.vqa:load_vqav2", "workers.tasks.vqa:VQAV2",
-              "v2_OpenEnded_mscoco questions + annotations; COCO images"),
-    "vizwiz": ("workers.tasks.vqa:load_vizwiz", "workers.tasks.vqa:VIZWIZ", "<split>.json annotations + images"),
-    "gqa": ("workers.tasks.vqa:load_gqa", "workers.tasks.vqa:GQA", "testdev_balanced_questions.json + images/"),
-    "mmhal": ("workers.tasks.mmhal:load_mmhal", "workers.tasks.mmhal:SPEC", "response_template.json + images"),
-}  # fmt: skip
+    "vqav2": (
+        "workers.tasks.vqa:load_vqav2",
+        "workers.tasks.vqa:VQAV2",
+        "v2_OpenEnded_mscoco questions + annotations; COCO images",
+    ),
+    "vizwiz": (
+        "workers.tasks.vqa:load_vizwiz",
+        "workers.tasks.vqa:VIZWIZ",
+        "<split>.json annotations + images",
+    ),
+    "gqa": (
+        "workers.tasks.vqa:load_gqa",
+        "workers.tasks.vqa:GQA",
+        "testdev_balanced_questions.json + images/",
+    ),
+    "mmhal": (
+        "workers.tasks.mmhal:load_mmhal",
+        "workers.tasks.mmhal:SPEC",
+        "response_template.json + images",
+    ),
+}
 for _name, (_loader, _spec, _data) in _CATALOG.items():
     TASKS.register(_name, _loader)
     SPECS.register(_name, _spec)

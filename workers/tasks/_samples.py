@@ -22,7 +22,8 @@ def sample_records(task: Any, predictions: Mapping[str, str]) -> list[dict[str, 
     for example in task.examples:
         by_group.setdefault(example.group, []).append(example)
     group_scores = {
-        key: task.scorer(examples, {e.id: predictions[e.id] for e in examples}) for key, examples in by_group.items()
+        key: task.scorer(examples, {e.id: predictions[e.id] for e in examples})
+        for key, examples in by_group.items()
     }
     records = []
     for example in task.examples:

@@ -31,15 +31,29 @@ _DEBIAN_DIR = Path("/usr/share/wordnet")
 # nltk:corpus/reader/wordnet.py WordNetCorpusReader.MORPHOLOGICAL_SUBSTITUTIONS (order matters only for ties).
 _SUBSTITUTIONS: dict[str, tuple[tuple[str, str], ...]] = {
     NOUN: (
-        ("s", ""), ("ses", "s"), ("ves", "f"), ("xes", "x"), ("zes", "z"),
-        ("ches", "ch"), ("shes", "sh"), ("men", "man"), ("ies", "y"),
+        ("s", ""),
+        ("ses", "s"),
+        ("ves", "f"),
+        ("xes", "x"),
+        ("zes", "z"),
+        ("ches", "ch"),
+        ("shes", "sh"),
+        ("men", "man"),
+        ("ies", "y"),
     ),
     VERB: (
-        ("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"), ("ing", ""),
+        ("s", ""),
+        ("ies", "y"),
+        ("es", "e"),
+        ("es", ""),
+        ("ed", "e"),
+        ("ed", ""),
+        ("ing", "e"),
+        ("ing", ""),
     ),
     ADJ: (("er", ""), ("est", ""), ("er", "e"), ("est", "e")),
     ADV: (),
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)

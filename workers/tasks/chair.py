@@ -47,9 +47,14 @@ DEFAULT_MAX_NEW_TOKENS = 512
 
 
 SPEC = TaskSpec(
-    name="chair", group="hallucination", metric="chair_s", direction="minimize", answer_mode="generate",
-    max_new_tokens=DEFAULT_MAX_NEW_TOKENS, lower_is_better=("chair_s", "chair_i"),
-)  # fmt: skip
+    name="chair",
+    group="hallucination",
+    metric="chair_s",
+    direction="minimize",
+    answer_mode="generate",
+    max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
+    lower_is_better=("chair_s", "chair_i"),
+)
 
 
 def load_chair(
@@ -122,9 +127,13 @@ def _coco_examples(
 
 def _example(image_id: str, image: ImageRef, truth: Sequence[str]) -> Example:
     return Example(
-        id=image_id, group=image_id, question=PROMPT, image=image, references=tuple(sorted(set(truth))),
+        id=image_id,
+        group=image_id,
+        question=PROMPT,
+        image=image,
+        references=tuple(sorted(set(truth))),
         meta={"image_id": image_id},
-    )  # fmt: skip
+    )
 
 
 def _coco_ground_truth(

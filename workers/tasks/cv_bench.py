@@ -35,9 +35,13 @@ from workers.tasks._stats import clustered_mean, combined_stderr
 __all__ = ["load_cv_bench", "SPEC", "SPLITS", "SOURCES"]
 
 SPEC = TaskSpec(
-    name="cv_bench", group="vision-centric", metric="overall", direction="maximize", answer_mode="options",
+    name="cv_bench",
+    group="vision-centric",
+    metric="overall",
+    direction="maximize",
+    answer_mode="options",
     max_new_tokens=16,
-)  # fmt: skip
+)
 SPLITS: tuple[str, ...] = ("2D", "3D")
 SOURCES: Mapping[str, str] = {"ADE20K": "2d", "COCO": "2d", "Omni3D": "3d"}  # source -> dimension
 SUFFIX = "\nAnswer with the option's letter from the given choices directly."

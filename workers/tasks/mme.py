@@ -39,8 +39,17 @@ SPEC = TaskSpec(
     max_new_tokens=16,
 )
 PERCEPTION: tuple[str, ...] = (
-    "existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR",
-)  # fmt: skip
+    "existence",
+    "count",
+    "position",
+    "color",
+    "posters",
+    "celebrity",
+    "scene",
+    "landmark",
+    "artwork",
+    "OCR",
+)
 COGNITION: tuple[str, ...] = (
     "commonsense_reasoning",
     "numerical_calculation",

@@ -54,9 +54,14 @@ Judge = Callable[[JudgeRequest], str]
 
 
 SPEC = TaskSpec(
-    name="mmhal", group="hallucination", metric="score", direction="maximize", answer_mode="generate",
-    max_new_tokens=DEFAULT_MAX_NEW_TOKENS, lower_is_better=("hallucination_rate",),
-)  # fmt: skip
+    name="mmhal",
+    group="hallucination",
+    metric="score",
+    direction="maximize",
+    answer_mode="generate",
+    max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
+    lower_is_better=("hallucination_rate",),
+)
 
 
 def load_mmhal(

@@ -36,9 +36,13 @@ from workers.tasks._stats import clustered_mean, ratio_stderr
 __all__ = ["load_mmvp", "SPEC", "VARIANTS"]
 
 SPEC = TaskSpec(
-    name="mmvp", group="vision-centric", metric="pair_accuracy", direction="maximize", answer_mode="options",
+    name="mmvp",
+    group="vision-centric",
+    metric="pair_accuracy",
+    direction="maximize",
+    answer_mode="options",
     max_new_tokens=16,
-)  # fmt: skip
+)
 VARIANTS: tuple[str, ...] = ("original", "lmms-lab-eval")
 COLUMNS = ("Index", "Question", "Options", "Correct Answer")
 SUFFIX = "\nAnswer with the option's letter from the given choices directly."

@@ -84,9 +84,7 @@ def load_vqav2(
         )
     unique_ids((e.id, r) for e, r in zip(examples, questions, strict=True))
     scorer = partial(_soft_accuracy, vqa_normalize)
-    return _task(
-        VQAV2, examples, limit, text=_short_answer_text, scorer=scorer, metadata={"subset": subset}
-    )
+    return _task(VQAV2, examples, limit, text=_short_answer_text, scorer=scorer, metadata={"subset": subset})
 
 
 def load_vizwiz(
@@ -139,9 +137,7 @@ def load_gqa(
                 answer=get_field(record, "answer"),
             )
         )
-    return _task(
-        GQA, examples, limit, text=_short_answer_text, scorer=_exact_match, metadata={"split": name}
-    )
+    return _task(GQA, examples, limit, text=_short_answer_text, scorer=_exact_match, metadata={"split": name})
 
 
 def _short_answer_text(example: Example) -> str:
