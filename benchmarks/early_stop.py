@@ -13,6 +13,7 @@
 
     python benchmarks/early_stop.py                  # both parts, ~25 minutes on 2 CPU cores
     python benchmarks/early_stop.py --skip-model     # the synthetic part only
+    python benchmarks/early_stop.py --skip-synthetic --metric accuracy   # the model part on a finer metric
 """
 
 from __future__ import annotations
@@ -198,11 +199,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=6)
     parser.add_argument("--synthetic-pairs", type=int, default=60)
     parser.add_argument("--skip-model", action="store_true")
+    parser.add_argument("--skip-synthetic", action="store_true")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not args.skip_model:
         model_part(args)
-    synthetic_part(args)
+    if not args.skip_synthetic:
+        synthetic_part(args)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,9 @@ SOURCE = "source"  # where a warm-start point came from (Optuna user attribute, 
 OWNER = "sweep"  # the sweep (driver) that runs a trial
 RETRY_OF = "retry_of"  # the trial number a re-queued trial repeats
 IDENTITY = "varsweep.identity"  # what a study optimises (a study user attribute)
+_FINISHED: Any = (
+    Searcher.FINISHED
+)  # Tune's "no more trials" (a str, though Searcher.suggest says dict | None)
 TRIAL_MEMORY = 256 * 2**20  # bytes a thin trial process holds (Ray's memory resource); 240 MiB RSS measured
 
 
@@ -111,6 +114,7 @@ def open_study(
     trials already in the study + ``other_drivers`` (the live drivers of the study besides this one).
     """
     import optuna
+    from optuna.study import StudyDirection
     from sqlalchemy.exc import SQLAlchemyError
 
     from sweep.settings import redact_url
@@ -136,7 +140,11 @@ def open_study(
             n_trials = 0
         sampler = optuna.samplers.TPESampler(seed=seed + n_trials + other_drivers, constant_liar=True)
         study = optuna.create_study(
-            study_name=name, storage=storage, direction=direction, sampler=sampler, load_if_exists=True
+            study_name=name,
+            storage=storage,
+            direction=StudyDirection[direction.upper()],
+            sampler=sampler,
+            load_if_exists=True,
         )
         if IDENTITY not in study.user_attrs:
             study.set_user_attr(IDENTITY, identity)
@@ -275,12 +283,12 @@ class StudySearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if self.error is not None:
-            return Searcher.FINISHED
+            return _FINISHED
         try:
             return self._suggest(trial_id)
         except StudyError as e:
             self.error = self.error or e
-            return Searcher.FINISHED
+            return _FINISHED
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if not result.get(FAILURE):
@@ -321,7 +329,7 @@ class StudySearcher(Searcher):
 
         trial = _db(ask, "ask the study for a trial", self._outage, self._url)
         if trial is None:
-            return Searcher.FINISHED
+            return _FINISHED
         _db(lambda: self._space.suggest(trial), "record a trial's parameters", self._outage, self._url)
         self._trials[trial_id] = trial
         attrs = trial.user_attrs

@@ -37,7 +37,8 @@ def masked_logits(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tens
     -inf, so their probability is exactly 0.
     """
     if mask is None:
-        return logits.masked_fill(~causal_allowed(*logits.shape[-2:], logits.device), float("-inf"))
+        n_rows, n_keys = logits.shape[-2:]
+        return logits.masked_fill(~causal_allowed(n_rows, n_keys, logits.device), float("-inf"))
     return (
         logits.masked_fill(~mask, float("-inf"))
         if mask.dtype == torch.bool

@@ -174,7 +174,7 @@ def sliding_window_layers(model: nn.Module) -> list[int]:
     Qwen2-style layers carry ``self_attn.sliding_window`` (None on full-attention layers, whatever the config's
     ``sliding_window`` says); Mistral-style layers read ``config.sliding_window`` at call time.
     """
-    text_config = model.config.get_text_config()
+    text_config = _config_of(model).get_text_config()
     found = []
     for index, layer in enumerate(decoder_layers(model)):
         attention = layer.self_attn
@@ -209,7 +209,7 @@ def image_layout(model: nn.Module, inputs: Mapping[str, torch.Tensor], n_image_t
     * tiles (InternVL): tiles of ``image_seq_length`` tokens; the last one is the whole image (the thumbnail
       after the crops, or the only tile).
     """
-    config = model.config
+    config = _config_of(model)
     grid = family_of(model).image_grid
     if grid == "merged_thw":
         merge = int(config.vision_config.spatial_merge_size)

@@ -181,6 +181,7 @@ def redistribute(
     Omega = (1 - kept) * sum_{sinks} alpha goes to the visual non-sinks in proportion to alpha_j / S.
     """
     out = redistribute_rows(attn, visual, sinks, queries, config)
+    assert out.attn is not None  # redistribute_rows materialises the probabilities it is given
     return out.attn, out.selected
 
 

@@ -256,7 +256,8 @@ class VARHandle:
         self.image_token_id = image_token_id(model)
         self.layers = decoder_layers(model)
         self.num_layers = len(self.layers)
-        self.num_heads = int(model.config.get_text_config().num_attention_heads)
+        model_config: Any = model.config
+        self.num_heads = int(model_config.get_text_config().num_attention_heads)
         self.base_implementation = base_implementation
         self._base_attention = (
             eager_attention_forward if base_implementation == "eager" else ALL_ATTENTION_FUNCTIONS["sdpa"]
@@ -285,7 +286,7 @@ class VARHandle:
         """Use ``config`` from the next forward on; a sequence gives one config per batch row (None: VAR off)."""
         configs = [config] if isinstance(config, VARConfig) else list(config)
         row_params(configs, batch=len(configs))  # validates: non-empty, one convention
-        self._configs = configs
+        self._configs = list[VARConfig | None](configs)
         self._params_cache.clear()
         self._stats = None
         # no configuration modifies a layer below this one: there, rows of one prompt are all alike (a single
@@ -352,9 +353,9 @@ class VARHandle:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
-        self.model.set_attn_implementation({"text_config": self.base_implementation})
+        _route_attention(self.model, self.base_implementation)
         for layer in self.layers:
-            _HANDLES.pop(layer.self_attn, None)
+            _HANDLES.pop(_self_attention(layer), None)
         self._removed = True
 
     def __enter__(self) -> VARHandle:
@@ -392,8 +393,8 @@ class VARHandle:
         )
         for layer in self.layers:
             self._hooks.append(layer.register_forward_pre_hook(self._before_layer, with_kwargs=True))
-            _HANDLES[layer.self_attn] = self
-        self.model.set_attn_implementation({"text_config": _NAME.format(self.base_implementation)})
+            _HANDLES[_self_attention(layer)] = self
+        _route_attention(self.model, _NAME.format(self.base_implementation))
 
     def _before_backbone(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple | None:
         if not self.enabled:
@@ -433,7 +434,7 @@ class VARHandle:
         state = kwargs.get("var_state")
         if state is None or not self.enabled:
             return None
-        layer, hidden = module.self_attn.layer_idx, args[0]
+        layer, hidden = _layer_index(_self_attention(module)), args[0]
         state._record_layer(layer, hidden, self.sink_dims)
         if hidden.shape[0] == 1 and state.rows > 1 and layer == self._first_active_layer:
             return (hidden.expand(state.rows, -1, -1), *args[1:]), kwargs
@@ -452,11 +453,11 @@ class VARHandle:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         state: VARState | None = kwargs.pop("var_state", None)
         base_kwargs = {**kwargs, "dropout": dropout, "scaling": scaling}
-        layer = module.layer_idx
+        layer = _layer_index(module)
         if state is not None and state.kv_only and layer == self.num_layers - 1:
             raise _CacheFilled
-        shared = state.shared_prefix if state is not None else None
-        if shared is not None:
+        if state is not None and state.shared_prefix is not None:
+            shared = state.shared_prefix
             if self.enabled and layer >= self._first_active_layer:
                 return self._attend_shared(module, query, key, value, attention_mask, scaling, state, shared)
             # below the first layer VAR may modify (or VAR off): nothing to rewrite, the base attention serves
@@ -485,11 +486,12 @@ class VARHandle:
             outputs.append(
                 self._base_attention(module, query[:, :, :first], key, value, head_mask, **base_kwargs)[0]
             )
-        mask = attention_mask[..., first:, :] if attention_mask is not None else None
-        probs = attention_probs(query[:, :, first:], key, mask, scaling)
+        rows_mask = attention_mask[..., first:, :] if attention_mask is not None else None
+        probs = attention_probs(query[:, :, first:], key, rows_mask, scaling)
         visual = _pad_keys(state.visual, n_keys)  # type: ignore[arg-type]
         sinks = state.sinks(layer, params, n_keys)
         result = redistribute_rows(probs, visual, sinks, modifiable[:, first:], params)
+        assert result.attn is not None  # given probabilities, it returns them rewritten
         if self.collect_stats:
             self._record_stats(layer, state, result, visual, sinks, modifiable[:, first:])
         if self._captured is not None and bool(modifiable[:, -1].any()):
@@ -518,7 +520,7 @@ class VARHandle:
         shared: SharedPrefix,
     ) -> tuple[torch.Tensor, None]:
         """Every row of a call that continues a shared prefix (all after the image): see shared_prefix_attention."""
-        layer, batch, n_keys = module.layer_idx, query.shape[0], shared.length + key.shape[2]
+        layer, batch, n_keys = _layer_index(module), query.shape[0], shared.length + key.shape[2]
         n_query = query.shape[2]
         if state.last_position_only and layer == self.num_layers - 1:
             query = query[:, :, -1:]
@@ -562,6 +564,22 @@ class VARHandle:
         self._stats.add(
             layer, result=result, visual=visual, sinks=sinks, rows=modifiable, count_sinks=count_sinks
         )
+
+
+def _self_attention(layer: nn.Module) -> nn.Module:
+    attention = layer.self_attn
+    assert isinstance(attention, nn.Module)  # every family's decoder layer has one (var_core.families)
+    return attention
+
+
+def _layer_index(attention: Any) -> int:
+    """The decoder layer an attention module belongs to (transformers sets ``layer_idx`` on each)."""
+    return int(attention.layer_idx)
+
+
+def _route_attention(model: Any, implementation: str) -> None:
+    """Name the attention function of the language model (only: the vision tower keeps its own)."""
+    model.set_attn_implementation({"text_config": implementation})
 
 
 def _prefix_visible(
@@ -632,9 +650,10 @@ def patch(
             f"VAR does not support sliding-window attention; decoder layers {windowed} of {type(model).__name__} use it"
         )
     dims = find_sink_dims(model, sink_dims)
-    if any(layer.self_attn in _HANDLES for layer in layers):
+    if any(_self_attention(layer) in _HANDLES for layer in layers):
         raise VarsweepError("this model is already VAR-patched: remove() the existing handle first")
-    base = model.config.get_text_config()._attn_implementation
+    model_config: Any = model.config
+    base = model_config.get_text_config()._attn_implementation
     if base not in _SUPPORTED_BASES:
         raise UnsupportedModelError(
             f"VAR runs on top of the 'sdpa' or 'eager' attention of the language model; it uses {base!r}. "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,8 +71,8 @@ class SinkDims:
     assumed: bool = False  # True when only the text model's shape matched: not verified for this model
 
 
-def _text_config(model: nn.Module) -> object:
-    config = model.config
+def _text_config(model: nn.Module) -> Any:
+    config: Any = model.config
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
@@ -140,8 +141,8 @@ def record_sink_dims(model: nn.Module, dims: Sequence[int], source: str) -> None
     """Record sink dimensions and how they were found in the model's text config, where :func:`find_sink_dims`
     (and so :func:`var_core.patch`) reads them; ``save_pretrained`` keeps them."""
     text_config = _text_config(model)
-    text_config.sink_dims = [int(d) for d in dims]  # type: ignore[attr-defined]
-    text_config.sink_dims_source = source  # type: ignore[attr-defined]
+    text_config.sink_dims = [int(d) for d in dims]
+    text_config.sink_dims_source = source
 
 
 @dataclass(frozen=True)

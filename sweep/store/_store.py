@@ -326,11 +326,11 @@ class Store:
         better row. A stored row for another metric is never replaced by this one.
         """
         values = record.to_dict() | {"updated_at": datetime.now(UTC)}
-        if self.engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        elif self.engine.dialect.name == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        # both dialects have INSERT ... ON CONFLICT, each with its own insert()
+        insert: Any = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(self.engine.dialect.name)
+        if insert is None:
             raise StoreError(
                 f"unsupported database dialect {self.engine.dialect.name!r}: use PostgreSQL or SQLite"
             )
@@ -340,7 +340,7 @@ class Store:
             (BestSettings.direction == "maximize") & (new.heldout_value > BestSettings.heldout_value),
             (BestSettings.direction == "minimize") & (new.heldout_value < BestSettings.heldout_value),
         )
-        statement = statement.on_conflict_do_update(
+        upsert = statement.on_conflict_do_update(
             index_elements=["model", "task", "convention"],
             set_={k: new[k] for k in values if k not in ("model", "task", "convention")},
             where=(BestSettings.metric == new.metric) & better,
@@ -348,7 +348,7 @@ class Store:
 
         def op() -> bool:
             with self._session() as s:
-                return s.execute(statement).first() is not None
+                return s.execute(upsert).first() is not None
 
         return self._retry(op, "store the best settings")
 
