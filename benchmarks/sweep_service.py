@@ -13,11 +13,14 @@ written by ``workers.synthetic.write_mmvp_folder`` (holdout 0.3: 22 tuning and 1
   scoring. It times ``--naive-configs`` configurations (at least 4) on the tuning examples and reports a rate per
   evaluation; the naive time of the whole search is that rate times the sweep's evaluations.
 
-Prints the table and last: ``sweep speedup: <x>x vs naive, <y> of the engine alone, workers busy <z>%``: x uses
+On 2 CPU cores the worker's engine shares the cores with everything else the sweep runs, so a second table says
+where the CPU went while the sweep ran (CPU seconds per process role, read from /proc).
+
+Prints the tables and last: ``sweep speedup: <x>x vs naive, <y> of the engine alone, workers busy <z>%``: x uses
 the sweep's whole wall time; y compares prefix preparation + search, which overlap in the sweep (the fixed costs,
 Ray start, model load, the held-out confirmation and the end of the sweep, are reported on rows of their own).
 
-    python benchmarks/sweep_service.py          # ~10 minutes on 2 CPU cores
+    python benchmarks/sweep_service.py          # ~11 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import optuna
@@ -41,6 +46,60 @@ from workers.synthetic import write_mmvp_folder
 from workers.tasks import get_task, option_token_ids
 
 MODEL = "llava-cpu-bench"
+
+
+DRIVER = "driver (Tune's loop, Optuna, MLflow, the service)"
+
+
+class CpuAccounting:
+    """CPU seconds (user + system) of this process and of Ray's processes, by role, read from /proc once a second
+    while the sweep runs: where the two cores went besides the worker's engine. A process is counted at its last
+    reading (up to a second of a process that exits is missed)."""
+
+    def __init__(self) -> None:
+        self._last: dict[int, tuple[str, float]] = {}
+        self._own_start = time.process_time()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        while not self._done.wait(1.0):
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    with open(f"/proc/{pid}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                    with open(f"/proc/{pid}/cmdline") as f:
+                        command = f.read().replace("\0", " ")
+                except OSError:
+                    continue
+                role = _role(int(pid), command)
+                if role is not None:
+                    self._last[int(pid)] = (role, (int(fields[11]) + int(fields[12])) / tick)
+
+    def stop(self) -> tuple[Counter[str], Counter[str]]:
+        """CPU seconds and process counts per role."""
+        self._done.set()
+        self._thread.join()
+        seconds: Counter[str] = Counter({DRIVER: time.process_time() - self._own_start})
+        processes: Counter[str] = Counter({DRIVER: 1})
+        for role, cpu in self._last.values():
+            seconds[role] += cpu
+            processes[role] += 1
+        return seconds, processes
+
+
+def _role(pid: int, command: str) -> str | None:
+    if pid == os.getpid():
+        return None  # the driver: this process, counted by process_time()
+    if command.startswith("ray::ModelWorker"):
+        return "ModelWorker (model load, prefixes, batches, held-out, figures)"
+    if command.startswith("ray::ImplicitFunc"):
+        return "Tune trial processes"
+    if "ray" in command and "site-packages" in command or command.startswith("ray::"):
+        return "Ray's own processes (GCS, raylet, agents, idle workers)"
+    return None
 
 
 def main() -> None:
@@ -63,9 +122,11 @@ def main() -> None:
         )
 
         # 1. the service
+        accounting = CpuAccounting()
         started = time.perf_counter()
         outcome = run_sweep(request, settings, workdir=work)
         sweep_wall = time.perf_counter() - started
+        cpu = accounting.stop()
         ray.shutdown()
         study = optuna.load_study(study_name=request.study_name, storage=settings.study_url)
         trials = sorted(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.number)
@@ -78,7 +139,7 @@ def main() -> None:
         tuning, heldout = task.select(tuning_groups), task.select(heldout_groups)
         model, processor = load_model(MODEL, device="cpu")
         engine = EvalEngine(model, processor, max_batch=args.batch)
-        clock = time.perf_counter()
+        clock, cpu_clock = time.perf_counter(), time.process_time()
         engine.prepare(task, [*tuning.examples, *heldout.examples])
         engine_prefix = time.perf_counter() - clock
         clock = time.perf_counter()
@@ -86,6 +147,7 @@ def main() -> None:
         for start in range(0, len(configs), args.batch):
             results += engine.evaluate(task, configs[start : start + args.batch], tuning.examples)
         engine_search = time.perf_counter() - clock
+        engine_cpu = time.process_time() - cpu_clock
         same = all(
             tuning.score(r.answers)[outcome.metric] == t.value for r, t in zip(results, trials, strict=True)
         )
@@ -158,6 +220,13 @@ def main() -> None:
         f"{evaluations + 2 * len(heldout.examples)} evaluations | "
         f"{naive_search:.1f} | {naive_search / len(configs):.2f} | {1 / naive_per_eval:.2f} | |"
     )
+    print()
+    print("| where the CPU went during the sweep | processes | CPU seconds |")
+    print("|---|---|---|")
+    seconds, processes = cpu
+    for role, used in seconds.most_common():
+        print(f"| {role} | {processes[role]} | {used:.1f} |")
+    print(f"| engine alone, for comparison: prefixes and batches | 1 | {engine_cpu:.1f} |")
     print()
     print(
         f"configurations per engine batch in the sweep: {u.batch_sizes}; trial processes with torch loaded: "

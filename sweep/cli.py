@@ -305,7 +305,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             r = outcome.best
             print(
                 f"stored best: tau {r.tau:.2f}  rho {r.rho:.3f}  p {r.p:.3f}  summ {r.summ:.2f}; {r.metric} "
-                f"held-out {r.heldout_value:.4f} vs VAR off {r.baseline_heldout:.4f}: python sweep/main.py best"
+                f"held-out {r.heldout_value:.4f} vs VAR off {r.baseline_heldout:.4f}: varsweep best"
             )
         return 0
     p = outcome.best_params
@@ -323,7 +323,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(
         "best settings "
         + ("stored" if outcome.stored else "not stored (the stored ones are at least as good)")
-        + ": python sweep/main.py best"
+        + ": varsweep best"
     )
     uri = settings.mlflow_tracking_uri
     if uri.startswith("http"):

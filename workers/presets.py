@@ -667,7 +667,7 @@ def plant_sinks(
         image_positions=image_positions,
         attention_gain=attention_gain,
     )
-    record_sink_dims(model, dims, "planted (workers.models.plant_sinks)")
+    record_sink_dims(model, dims, "planted (workers.presets.plant_sinks)")
     return planted
 
 

@@ -381,6 +381,6 @@ def test_handle_says_how_sink_dims_were_found(tiny):
     _, model, _ = tiny
     with patch(model) as handle:
         assert handle.sink_dims == TINY_SINK_DIMS
-        assert handle.sink_dims_source == "planted (workers.models.plant_sinks)"
+        assert handle.sink_dims_source == "planted (workers.presets.plant_sinks)"
     with patch(model, sink_dims=[3, 5]) as handle:
         assert handle.sink_dims == (3, 5) and handle.sink_dims_source == "given"
