@@ -115,6 +115,31 @@ class AttentionCapture:
         ):
             object.__setattr__(self, name, value)
 
+    @classmethod
+    def of(cls, captured: Any, *, size: int = 448) -> AttentionCapture:
+        """The capture of a model-side ``workers.results.CapturedAttention``: its image fitted to the token grid
+        (cells of the same size, the longer side ``size`` pixels at most), titled with the task, the example and
+        the configuration."""
+        from PIL import Image, ImageOps
+
+        rows, cols = captured.grid
+        cell = max(1, size // max(rows, cols))
+        shown = ImageOps.fit(
+            Image.fromarray(np.asarray(captured.image, dtype=np.uint8)), (cols * cell, rows * cell)
+        )
+        config = captured.config
+        return cls(
+            image=np.asarray(shown, dtype=np.uint8),
+            grid=(rows, cols),
+            layers=captured.layers,
+            visual_sinks=captured.visual_sinks,
+            before=captured.before,
+            after=captured.after,
+            selected=captured.selected,
+            title=f"{captured.task} {captured.example_id}: tau {config.tau:.1f}, rho {config.rho:.2f}, "
+            f"p {config.p:.2f} ({config.convention})",
+        )
+
     @property
     def heads(self) -> int:
         """Number of attention heads per captured layer."""

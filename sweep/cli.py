@@ -452,7 +452,7 @@ def _guarded(command: Callable[[], int], *, debug: bool) -> int:
 
         if debug or not isinstance(e, VarsweepError | OSError):
             raise
-        from sweep.settings import redact_url
+        from sweep.settings import first_line
 
-        print(f"error: {redact_url(str(e)).strip().splitlines()[0]}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 1

@@ -28,7 +28,7 @@ class Confirmation:
     comparison: Any  # workers.tasks.PairedComparison: best (A) vs VAR off (B)
     off_answers: dict[str, str]
     best_answers: dict[str, str]
-    capture: Any  # EvalEngine.capture of the configuration shown
+    capture: Any  # workers.results.CapturedAttention of the configuration shown
 
     @property
     def heldout_value(self) -> float:

@@ -24,7 +24,7 @@ def log_layer_head(tracker: Tracker, run_id: str, layer_head: dict[str, list[lis
     plt.close(figure)
 
 
-def log_sweep(tracker: Tracker, study: Any, capture: dict[str, Any], *, best_run: str | None) -> None:
+def log_sweep(tracker: Tracker, study: Any, capture: Any, *, best_run: str | None) -> None:
     """Optuna's plots of the study on the parent run; the attention maps on the parent and the best trial's run."""
     import matplotlib.pyplot as plt
 
@@ -33,7 +33,7 @@ def log_sweep(tracker: Tracker, study: Any, capture: dict[str, Any], *, best_run
     for name, figure in sweep_figures(study).items():
         tracker.log_figure(figure, f"sweep/{name}.png")
         plt.close(figure)
-    attention = AttentionCapture(**capture)
+    attention = AttentionCapture.of(capture)  # a workers.results.CapturedAttention
     busiest = int(np.argmax(attention.selected.sum(axis=1)))  # the layer where VAR selected most heads
     pictures = {
         "attention/sinks.png": sink_overlay(attention, attention.layers[0]),

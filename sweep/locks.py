@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from sweep.settings import normalise_database_url, redact_url
+from sweep.settings import first_line, normalise_database_url, redact_url
 from var_core.errors import VarsweepError
 
 __all__ = ["database_lock", "is_sqlite", "LockError"]
@@ -56,7 +56,7 @@ def _advisory_lock(url: str, name: str) -> Iterator[None]:
         try:
             connection = engine.connect()
         except OperationalError as e:
-            cause = redact_url(str(e.orig or e)).strip().splitlines()[0]
+            cause = first_line(e.orig or e)
             raise LockError(
                 f"cannot lock the database at {redact_url(url)}: it is unreachable ({cause})"
             ) from e

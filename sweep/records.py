@@ -25,7 +25,7 @@ from pathlib import Path
 
 from sweep.locks import database_lock, is_sqlite
 from sweep.plan import SweepPlan, git_commit, slug
-from sweep.settings import Settings, redact_url
+from sweep.settings import Settings, first_line, redact_url
 from var_core.errors import VarsweepError
 
 __all__ = ["SweepRecords", "StudyBusyError"]
@@ -171,7 +171,7 @@ class SweepRecords:
             except (
                 Exception
             ) as e:  # a database outage: the next beat tries again (the grace period is longer)
-                log.debug("lease not renewed: %s", redact_url(str(e)).splitlines()[0])
+                log.debug("lease not renewed: %s", first_line(e))
 
     def others_alive(self) -> bool:
         """Whether another driver of the study is running (then the study's MLflow run stays RUNNING)."""
@@ -193,7 +193,7 @@ class SweepRecords:
         try:
             unlogged = self.tracker.finish(None if self.others_alive() else mlflow_status)
         except Exception as e:
-            log.warning("could not end the MLflow runs: %s", redact_url(str(e)).splitlines()[0])
+            log.warning("could not end the MLflow runs: %s", first_line(e))
         if unlogged:
             log.warning(
                 "%d trial run(s) could not be logged to MLflow; they are kept in %s",
@@ -205,7 +205,7 @@ class SweepRecords:
                 total = len(finished_trials(self.study)) if trials < 0 else trials
                 self.store.finish_sweep(self.sweep_id, status=self.status, trials=total, message=self.message)
             except Exception as e:
-                log.warning("could not record the end of the sweep: %s", redact_url(str(e)).splitlines()[0])
+                log.warning("could not record the end of the sweep: %s", first_line(e))
         return unlogged
 
     @contextlib.contextmanager

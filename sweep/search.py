@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from var_core import ConfigError, VARConfig, paper_defaults
-from var_core.config import Convention
+from var_core.config import DEFAULT_SUMM, Convention
 
 __all__ = [
     "SearchSpace",
@@ -148,7 +148,7 @@ def config_from_params(params: dict[str, float], convention: Convention) -> VARC
         tau=params["tau"],
         rho=params["rho"],
         p=params["p"],
-        summ=params.get("summ", 0.2),
+        summ=params.get("summ", DEFAULT_SUMM),
         convention=convention,
     )
     return None if config.kept_fraction == 1.0 else config

@@ -24,6 +24,8 @@ import re
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from var_core import errors
+
 __all__ = ["Settings", "redact_url", "normalise_database_url"]
 
 
@@ -49,6 +51,11 @@ def redact_url(text: str) -> str:
     keyword strings."""
     text = _USERINFO.sub(lambda m: f"{m['head']}***{m['tail']}", text)
     return _KEYWORD.sub(lambda m: f"{m['head']}***", text)
+
+
+def first_line(error: BaseException) -> str:
+    """An error in one line (:func:`var_core.errors.first_line`) with every password hidden."""
+    return redact_url(errors.first_line(error))
 
 
 class Settings(BaseSettings):

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sweep.settings import redact_url
+from sweep.settings import first_line, redact_url
 from var_core.errors import VarsweepError
 
 __all__ = ["Tracker", "TrackingError"]
@@ -71,8 +71,7 @@ class Tracker:
                 existing.experiment_id if existing is not None else self.client.create_experiment(experiment)
             )
         except Exception as e:  # any failure here means tracking cannot start: report it in one line
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TrackingError(f"cannot use MLflow at {redact_url(uri)}: {redact_url(first)}") from e
+            raise TrackingError(f"cannot use MLflow at {redact_url(uri)}: {first_line(e)}") from e
         self.parent_id: str | None = None
         self.sweep_id = ""
         self.system_tags: dict[str, str] = {}
@@ -281,11 +280,7 @@ class Tracker:
 
     def _warn(self, error: Exception | None) -> None:
         if not self._warned:
-            reason = (
-                redact_url(str(error).strip().splitlines()[0])
-                if error and str(error).strip()
-                else "unreachable"
-            )
+            reason = first_line(error) if error is not None and str(error).strip() else "unreachable"
             log.warning(
                 "MLflow at %s is unreachable (%s): the sweep goes on, trial results stay in the study, "
                 "runs are spooled to %s and logged when it is back",

@@ -83,7 +83,7 @@ def _db(operation: Callable[[], T], what: str, outage_timeout: float, url: str |
     from optuna.exceptions import StorageInternalError
     from sqlalchemy.exc import SQLAlchemyError
 
-    from sweep.settings import redact_url
+    from sweep.settings import first_line
 
     try:
         return retrying(operation, what=what, seconds=outage_timeout, url=url)
@@ -93,7 +93,7 @@ def _db(operation: Callable[[], T], what: str, outage_timeout: float, url: str |
         root: BaseException = e
         while root.__cause__ is not None:
             root = root.__cause__
-        cause = redact_url(str(getattr(root, "orig", None) or root)).strip().splitlines()[0]
+        cause = first_line(getattr(root, "orig", None) or root)
         raise StudyError(f"cannot {what} in the study's database: {cause}") from e
 
 
@@ -117,7 +117,7 @@ def open_study(
     from optuna.study import StudyDirection
     from sqlalchemy.exc import SQLAlchemyError
 
-    from sweep.settings import redact_url
+    from sweep.settings import first_line, redact_url
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     identity = dict(identity or {})
@@ -153,9 +153,7 @@ def open_study(
     try:
         return _db(load, "open the study", outage_timeout, url)
     except SQLAlchemyError as e:
-        raise StudyError(
-            f"cannot open the Optuna study at {redact_url(url)}: {redact_url(str(e)).splitlines()[0]}"
-        ) from e
+        raise StudyError(f"cannot open the Optuna study at {redact_url(url)}: {first_line(e)}") from e
 
 
 def _check_identity(name: str, stored: dict[str, Any], wanted: dict[str, Any]) -> None:

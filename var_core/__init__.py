@@ -26,7 +26,7 @@ _EXPORTS: dict[str, str] = {
     ),
     **dict.fromkeys(["FAMILIES", "Family", "family_of"], "families"),
     **dict.fromkeys(["redistribute", "sink_components", "sink_mask", "sink_scores"], "ops"),
-    **dict.fromkeys(["SharedPrefix", "VARHandle", "VARState", "patch"], "patch"),
+    **dict.fromkeys(["SharedPrefix", "VARHandle", "VARRun", "VARState", "patch"], "patch"),
     **dict.fromkeys(
         [
             "BASE_LLM_BY_MODEL",
@@ -60,6 +60,7 @@ __all__ = [
     "UnsupportedModelError",
     "VARConfig",
     "VARHandle",
+    "VARRun",
     "VARState",
     "VARStats",
     "VarsweepError",
@@ -103,7 +104,7 @@ if TYPE_CHECKING:
     )
     from var_core.families import FAMILIES, Family, family_of
     from var_core.ops import redistribute, sink_components, sink_mask, sink_scores
-    from var_core.patch import SharedPrefix, VARHandle, VARState, patch
+    from var_core.patch import SharedPrefix, VARHandle, VARRun, VARState, patch
     from var_core.sink_dims import (
         BASE_LLM_BY_MODEL,
         SINK_DIMS,

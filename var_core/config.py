@@ -25,6 +25,8 @@ CONVENTIONS: tuple[str, ...] = ("paper", "official")
 # The release's shipped setting, per convention (docs/method.md section 6): paper p 0.4 == official p 0.6.
 _DEFAULT_P = {"paper": 0.4, "official": 0.6}
 _DEFAULT_EXCEPT_LAST = {"paper": True, "official": False}
+# summ, the minimum visual mass of a row VAR may rewrite: the paper's value, and a sweep's unless it searches summ
+DEFAULT_SUMM = 0.2
 
 # rho by task group, in the paper convention (docs/method.md section 2).
 TASK_GROUP_RHO: dict[str, float] = {"general": 0.8, "hallucination": 0.5, "vision-centric": 0.9}
@@ -41,7 +43,9 @@ class VARConfig:
     p: float | None = field(
         default=None, metadata={"help": "paper: fraction of sink attention moved; official: fraction kept"}
     )
-    summ: float = field(default=0.2, metadata={"help": "minimum visual attention mass of a row; in [0, 1]"})
+    summ: float = field(
+        default=DEFAULT_SUMM, metadata={"help": "minimum visual attention mass of a row; in [0, 1]"}
+    )
     first_layer: int = field(default=2, metadata={"help": "first decoder layer VAR may modify; >= 0"})
     except_last_layer: bool | None = field(
         default=None, metadata={"help": "leave the last decoder layer alone"}
@@ -93,7 +97,7 @@ def paper_defaults(task_group: str, convention: Convention = "paper") -> VARConf
         raise ConfigError(f"task group {task_group!r} is not one of {', '.join(TASK_GROUP_RHO)}")
     paper_rho = TASK_GROUP_RHO[task_group]
     rho = paper_rho if convention == "paper" else round(1.0 - paper_rho, 10)
-    return VARConfig(tau=20.0, rho=rho, summ=0.2, convention=convention)
+    return VARConfig(tau=20.0, rho=rho, summ=DEFAULT_SUMM, convention=convention)
 
 
 def _check_real(name: str, value: object) -> None:

@@ -13,6 +13,7 @@ __all__ = [
     "UnsupportedInputError",
     "SinkDimsError",
     "SinkDimsAssumedWarning",
+    "first_line",
 ]
 
 
@@ -38,3 +39,10 @@ class SinkDimsError(VarsweepError, LookupError):
 
 class SinkDimsAssumedWarning(VarsweepError, UserWarning):
     """Sink dimensions were taken from a base LLM the model only resembles in shape: unverified for this model."""
+
+
+def first_line(error: BaseException) -> str:
+    """An error in one line, for an ``error:`` line or a wrapping error's message: the first line of its message,
+    or its type's name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

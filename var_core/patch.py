@@ -45,7 +45,7 @@ from var_core.ops import (
 from var_core.sink_dims import SinkDims, find_sink_dims
 from var_core.stats import VARStats
 
-__all__ = ["patch", "VARHandle", "VARState", "SharedPrefix", "AttentionPath", "LayerCapture"]
+__all__ = ["patch", "VARHandle", "VARRun", "VARState", "SharedPrefix", "AttentionPath", "LayerCapture"]
 
 AttentionPath = Literal["fast", "eager"]
 _SUPPORTED_BASES = ("sdpa", "eager")
@@ -224,6 +224,15 @@ def _pad_keys(mask: torch.Tensor, n_keys: int) -> torch.Tensor:
     return torch.nn.functional.pad(mask, (0, n_keys - mask.shape[1]), value=False)
 
 
+@dataclass
+class VARRun:
+    """One :meth:`VARHandle.using` block: the configurations it ran (one per batch row) and, when asked for, the
+    statistics of its forward calls (set when the block ends)."""
+
+    configs: tuple[VARConfig | None, ...]
+    stats: VARStats | None = None
+
+
 @dataclass(frozen=True)
 class LayerCapture:
     """One layer's attention for the last query row of a forward call, before and after VAR (CPU tensors)."""
@@ -236,7 +245,8 @@ class LayerCapture:
 
 
 class VARHandle:
-    """A VAR patch on one model. Undo is API: :meth:`disable`, :meth:`enable`, :meth:`remove`, ``with``."""
+    """A VAR patch on one model. Undo is API: :meth:`using` (a scope), :meth:`disable`, :meth:`enable`,
+    :meth:`remove`, ``with``."""
 
     def __init__(
         self,
@@ -293,6 +303,33 @@ class VARHandle:
         # input row fans out to one row per configuration here)
         first = [c.first_layer for c in configs if c is not None]
         self._first_active_layer = min(min(first, default=self.num_layers), self.num_layers - 1)
+
+    @contextmanager
+    def using(
+        self, configs: VARConfig | Sequence[VARConfig | None] | None, *, stats: bool = False
+    ) -> Iterator[VARRun]:
+        """VAR with ``configs`` for the forward calls inside the block: one per batch row (``None``: VAR off for
+        that row); ``None`` or only ``None`` rows: VAR off, the unpatched attention throughout. With ``stats`` the
+        run holds the block's statistics once it ends. Whatever happens in the block, the handle's configuration,
+        on/off switch and statistics are restored when it ends (as peft's ``disable_adapter`` restores its
+        adapters)."""
+        self._check_live()
+        rows = [configs] if configs is None or isinstance(configs, VARConfig) else list(configs)
+        saved = (self._enabled, list(self._configs), self.collect_stats, self._stats)
+        run = VARRun(configs=tuple(rows))
+        var_on = any(c is not None for c in rows)
+        try:
+            if var_on:
+                self.set(rows)
+            self._enabled = var_on
+            self.collect_stats = stats and var_on
+            yield run
+            if self.collect_stats:
+                run.stats = self.stats()
+        finally:
+            enabled, previous, collect, gathered = saved
+            self.set(previous)
+            self._enabled, self.collect_stats, self._stats = enabled, collect, gathered
 
     def disable(self) -> None:
         """Route every call to the original attention: outputs equal the unpatched model's."""

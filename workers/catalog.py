@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from var_core.errors import VarsweepError
+from var_core.errors import VarsweepError, first_line
 from var_core.families import FAMILIES, family_of, image_token_id
 
 __all__ = ["ModelLoadError", "ModelCheck", "PRESET_TYPES", "check_model", "looks_like_hub_id"]
@@ -56,10 +56,9 @@ def check_model(name: str) -> ModelCheck:
     try:
         config = AutoConfig.from_pretrained(str(local) if local.is_dir() else name)
     except (OSError, ValueError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(
             f"cannot load model {name!r} (not a preset: {', '.join(PRESET_TYPES)}; not a local folder with a "
-            f"config.json; hub: {first_line})"
+            f"config.json; hub: {first_line(e)})"
         ) from e
     image_token_id(config)  # raises for an unsupported family or a config without an image token
     family = family_of(config)

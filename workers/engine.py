@@ -4,8 +4,8 @@ VAR only rewrites attention rows of text after the image and of generated tokens
 much faster"). So for each example the vision tower, the forward of the prompt up to the image end, its KV cache
 and the prefix tokens' sink-score components (:class:`var_core.VARState`) do not depend on (tau, rho, p). They are
 computed once (the text before the image once per prompt format; the last layer stops once its keys are cached)
-and kept within a byte budget (device memory, then host memory, then recomputed); by default the budgets follow
-the memory left free once the model is loaded (:func:`memory_budgets`). Every batch of configurations
+and kept within a byte budget (device memory, then host memory, then recomputed: :mod:`workers.prefix_cache`); by
+default the budgets follow the memory left free once the model is loaded. Every batch of configurations
 then runs only the suffix (the question), one configuration per batch row (VAR off is a row too): the suffix enters
 as one row, runs once through the layers below the first one VAR may modify, fans out there, and attends to the
 prefix through :class:`var_core.SharedPrefix`, one copy for all rows
@@ -17,12 +17,10 @@ patched model and ``model.generate(do_sample=False)`` (tests/engine prove it).
 
 from __future__ import annotations
 
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,205 +31,14 @@ from var_core import SharedPrefix, VARConfig, VARHandle, VARState, family_of, pa
 from var_core.errors import VarsweepError
 from var_core.families import image_layout, image_token_id, prompt_positions, residual_branches
 from workers.decoding import GreedyDecoding
-from workers.results import ConfigResult
+from workers.prefix_cache import CacheStats, PrefixCache, Prepared, memory_budgets
+from workers.results import CapturedAttention, ConfigResult
 from workers.tasks import Example, Task, option_token_ids
 
 __all__ = ["EvalEngine", "ConfigResult", "Prepared", "CacheStats", "memory_budgets"]
 
 Progress = Callable[[int, int], None]
 _HEADS_KEPT = 8  # prompt formats whose text before the image is kept (a task has one or a few)
-
-
-@dataclass
-class Prepared:
-    """Everything about one example that no VAR configuration changes."""
-
-    example_id: str
-    prompt_len: int
-    prefix_len: int
-    prompt_ids: (
-        torch.Tensor
-    )  # [1, T]: the whole prompt (decoding processors read it, e.g. a repetition penalty)
-    keys: list[torch.Tensor]  # per layer [1, H_kv, P, D]
-    values: list[torch.Tensor]
-    state: VARState  # sink-score components of the prefix, image positions
-    suffix_positions: torch.Tensor  # [1, S], Qwen2-VL M-RoPE: [3, 1, S]
-    option_ids: tuple[int, ...] | None
-
-    @property
-    def suffix_ids(self) -> torch.Tensor:
-        """``[1, S]``: the prompt after the prefix (the question), which every configuration runs."""
-        return self.prompt_ids[:, self.prefix_len :]
-
-    def tensors(self) -> list[torch.Tensor]:
-        """Every tensor of the entry, in the order :meth:`with_tensors` takes them back."""
-        state = self.state
-        layers = sorted(state.peak)
-        return [
-            self.prompt_ids,
-            self.suffix_positions,
-            state.visual,  # type: ignore[list-item]
-            state.candidate,  # type: ignore[list-item]
-            state.image_end,  # type: ignore[list-item]
-            *(state.peak[layer] for layer in layers),
-            *(state.mean_sq[layer] for layer in layers),
-            *self.keys,
-            *self.values,
-        ]
-
-    def with_tensors(self, tensors: Sequence[torch.Tensor]) -> Prepared:
-        """This entry with :meth:`tensors` replaced by ``tensors`` (same order, shapes and dtypes)."""
-        state, layers, n = self.state, sorted(self.state.peak), len(self.keys)
-        it = iter(tensors)
-        prompt_ids, positions, visual, candidate, image_end = (next(it) for _ in range(5))
-        peak = {layer: next(it) for layer in layers}
-        mean_sq = {layer: next(it) for layer in layers}
-        keys, values = [next(it) for _ in range(n)], [next(it) for _ in range(n)]
-        moved = VARState(
-            prompt_len=state.prompt_len,
-            seen=state.seen,
-            visual=visual,
-            candidate=candidate,
-            image_end=image_end,
-            peak=peak,
-            mean_sq=mean_sq,
-        )
-        return Prepared(
-            example_id=self.example_id,
-            prompt_len=self.prompt_len,
-            prefix_len=self.prefix_len,
-            prompt_ids=prompt_ids,
-            keys=keys,
-            values=values,
-            state=moved,
-            suffix_positions=positions,
-            option_ids=self.option_ids,
-        )
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors())
-
-    def to(self, device: torch.device) -> Prepared:
-        """This entry with its tensors on ``device`` (a copy when the device changes)."""
-        return self.with_tensors([t.to(device, non_blocking=True) for t in self.tensors()])
-
-
-def _pinned_size(nbytes: int) -> int:
-    """Bytes a pinned host allocation of ``nbytes`` takes: the CUDA host allocator rounds to a power of two."""
-    return 1 << max(nbytes - 1, 0).bit_length()
-
-
-def _to_host(entry: Prepared, *, pin: bool) -> tuple[Prepared, int]:
-    """A host copy of ``entry`` in one buffer (pinned for fast, asynchronous reloads); returns it and its bytes.
-
-    One buffer per entry, not one per tensor: pinned allocations are rounded up to a power of two, which for
-    dozens of small tensors would take several times their size; the returned size is what the buffer takes.
-    """
-    tensors = entry.tensors()
-    offsets, total = [], 0
-    for t in tensors:
-        total = -(-total // 64) * 64  # 64-byte aligned views, for every dtype
-        offsets.append(total)
-        total += t.numel() * t.element_size()
-    buffer = torch.empty(max(total, 1), dtype=torch.uint8, pin_memory=pin)
-    views = []
-    for t, offset in zip(tensors, offsets, strict=True):
-        view = buffer[offset : offset + t.numel() * t.element_size()].view(t.dtype).view(t.shape)
-        views.append(view.copy_(t, non_blocking=pin))
-    return entry.with_tensors(views), (_pinned_size(total) if pin else total)
-
-
-@dataclass
-class CacheStats:
-    prepared: int = 0  # prefixes computed (recomputations included)
-    device_hits: int = 0
-    host_hits: int = 0
-    spills: int = 0  # entries moved from device to host memory
-    evictions: int = 0  # entries dropped (recomputed when needed again)
-    prepare_seconds: float = 0.0
-
-
-class _PrefixCache:
-    """Prepared examples in two LRU tiers: device memory, then (``host_bytes`` > 0) host memory; beyond, dropped."""
-
-    def __init__(self, device: torch.device, device_bytes: int, host_bytes: int, *, pin: bool) -> None:
-        self.device = device
-        self.device_bytes = device_bytes
-        self.host_bytes = host_bytes
-        self.pin = pin
-        self.on_device: OrderedDict[str, Prepared] = OrderedDict()
-        self.on_host: OrderedDict[str, tuple[Prepared, int]] = OrderedDict()  # entry, bytes it takes
-        self.device_used = 0  # bytes held by each tier
-        self.host_used = 0
-        self.stats = CacheStats()
-
-    def get(self, key: str) -> Prepared | None:
-        if key in self.on_device:
-            self.on_device.move_to_end(key)
-            self.stats.device_hits += 1
-            return self.on_device[key]
-        if key in self.on_host:
-            self.stats.host_hits += 1
-            entry, size = self.on_host.pop(key)
-            self.host_used -= size
-            return self.put(key, entry.to(self.device))
-        return None
-
-    def put(self, key: str, entry: Prepared) -> Prepared:
-        self.on_device[key] = entry
-        self.device_used += entry.nbytes
-        # the newest entry always stays, even alone over budget: it is about to be used
-        while len(self.on_device) > 1 and self.device_used > self.device_bytes:
-            old_key, old = self.on_device.popitem(last=False)
-            self.device_used -= old.nbytes
-            if self.host_bytes > 0:
-                copy, size = _to_host(old, pin=self.pin)
-                self.on_host[old_key] = (copy, size)
-                self.host_used += size
-                self.stats.spills += 1
-            else:
-                self.stats.evictions += 1
-        while self.on_host and self.host_used > self.host_bytes:
-            _, (_, size) = self.on_host.popitem(last=False)
-            self.host_used -= size
-            self.stats.evictions += 1
-        return entry
-
-    def clear(self) -> None:
-        self.on_device.clear()
-        self.on_host.clear()
-        self.device_used = self.host_used = 0
-
-
-def _available_host_bytes() -> int:
-    """Host memory available to new allocations (Linux ``MemAvailable``; else the free pages)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def memory_budgets(
-    device: torch.device, *, headroom: float = 0.2, min_headroom: int = 2 << 30, host_share: float = 0.5
-) -> tuple[int, int]:
-    """``(device bytes, host bytes)`` for the prefix caches, from the memory free now: call it after the model
-    is loaded.
-
-    On a GPU the device tier gets the free device memory less a headroom of ``headroom`` of the total (at least
-    ``min_headroom``), left for the suffix batches' activations and the allocator. The host tier gets
-    ``host_share`` of the available host memory (pinned memory cannot be swapped out, so not all of it). On a
-    CPU the device is host memory, and gets that same share.
-    """
-    host = int(_available_host_bytes() * host_share)
-    if device.type != "cuda":
-        return host, host
-    free, total = torch.cuda.mem_get_info(device)
-    return max(0, int(free - max(min_headroom, headroom * total))), host
 
 
 def _keys_values(cache: DynamicCache) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -297,7 +104,7 @@ class EvalEngine:
             memory_budgets(self.device) if cache_bytes is None or host_cache_bytes is None else (0, 0)
         )
         host_tier = self.device.type == "cuda" if host_tier is None else host_tier
-        self._cache = _PrefixCache(
+        self._cache = PrefixCache(
             self.device,
             device_budget if cache_bytes is None else cache_bytes,
             (host_budget if host_cache_bytes is None else host_cache_bytes) if host_tier else 0,
@@ -370,20 +177,13 @@ class EvalEngine:
         return logits.float().cpu()
 
     @torch.no_grad()
-    def capture(self, task: Task, example: Example, config: VARConfig) -> dict[str, Any]:
-        """The last prompt token's attention on the image, before and after VAR, in every layer VAR modifies.
-
-        Plain data (numpy) in the fields of ``dashboards.AttentionCapture``: the image as shown (fitted to the
-        token grid), the grid, the layers, per layer the visual sinks, the attention before/after per head, and
-        the heads selected.
-        """
+    def capture(self, task: Task, example: Example, config: VARConfig) -> CapturedAttention:
+        """The last prompt token's attention on the image, before and after VAR, in every layer VAR modifies:
+        per layer the visual sinks, the attention before/after per head and the heads selected (numpy)."""
         import numpy as np
-        from PIL import ImageOps
 
         _, inputs = self._inputs(task, example)
-        self.handle.enable()
-        self.handle.set(config)
-        with self.handle.capture() as layers:
+        with self.handle.using(config), self.handle.capture() as layers:
             self.model(**inputs, logits_to_keep=1)
         if not layers:
             raise VarsweepError(f"VAR modified no layer of example {example.id} under {config}")
@@ -393,24 +193,22 @@ class EvalEngine:
         layout = image_layout(self.model, inputs, len(image_positions))
         image_positions = image_positions[layout.start : layout.start + layout.rows * layout.cols]
         order = sorted(layers)
-        grid = (layout.rows, layout.cols)
-        cell = max(1, 448 // max(grid))
-        shown = ImageOps.fit(example.image.load(), (grid[1] * cell, grid[0] * cell))
 
         def stack(part: str) -> np.ndarray:
             return np.stack([getattr(layers[layer], part)[0][:, image_positions].numpy() for layer in order])
 
-        return {
-            "image": np.asarray(shown, dtype=np.uint8),
-            "grid": grid,
-            "layers": tuple(order),
-            "visual_sinks": np.stack([layers[layer].sinks[0][image_positions].numpy() for layer in order]),
-            "before": stack("before"),
-            "after": stack("after"),
-            "selected": np.stack([layers[layer].selected[0].numpy() for layer in order]),
-            "title": f"{task.name} {example.id}: tau {config.tau:.1f}, rho {config.rho:.2f}, p {config.p:.2f} "
-            f"({config.convention})",
-        }
+        return CapturedAttention(
+            task=task.name,
+            example_id=example.id,
+            config=config,
+            image=np.asarray(example.image.load().convert("RGB"), dtype=np.uint8),
+            grid=(layout.rows, layout.cols),
+            layers=tuple(order),
+            visual_sinks=np.stack([layers[layer].sinks[0][image_positions].numpy() for layer in order]),
+            before=stack("before"),
+            after=stack("after"),
+            selected=np.stack([layers[layer].selected[0].numpy() for layer in order]),
+        )
 
     # ------------------------------------------------------------------ internals
     def _inputs(self, task: Task, example: Example) -> tuple[str, dict[str, torch.Tensor]]:
@@ -527,32 +325,24 @@ class EvalEngine:
             "logits_to_keep": 1,
         }
         kwargs["var_state"].last_position_only = True  # see _last_position_only
-        var_rows = any(c is not None for c in configs)
-        if var_rows:
-            self.handle.enable()
-            self.handle.set(configs)
-            self.handle.collect_stats = collect_stats
-        else:  # VAR off alone: the unpatched attention throughout
-            self.handle.disable()
-        try:
+        chosen = None
+        # VAR off alone: the unpatched attention throughout
+        with self.handle.using(configs, stats=collect_stats) as run:
             with _last_position_only(self._last_branches):
                 out = self.model(**kwargs)
             logits = out.logits[:, -1]
             if task.answer_mode == "options":
-                return self._choose(example, prep, logits, targets)
-            self._decode(task, example, prep, out, logits, kwargs, targets)
-            return None
-        finally:
-            if var_rows and collect_stats:
-                stats = self.handle.stats(reset=True)
-                for slot, (config, results) in enumerate(zip(configs, targets, strict=True)):
-                    if config is None:  # VAR off keeps no statistics
-                        continue
-                    one = stats.select(slot)
-                    for result in results:
-                        result.stats = one if result.stats is None else result.stats + one
-            self.handle.collect_stats = False
-            self.handle.enable()
+                chosen = self._choose(example, prep, logits, targets)
+            else:
+                self._decode(task, example, prep, out, logits, kwargs, targets)
+        if run.stats is not None:
+            for slot, (config, results) in enumerate(zip(configs, targets, strict=True)):
+                if config is None:  # VAR off keeps no statistics
+                    continue
+                one = run.stats.select(slot)
+                for result in results:
+                    result.stats = one if result.stats is None else result.stats + one
+        return chosen
 
     def _choose(
         self, example: Example, prep: Prepared, logits: torch.Tensor, targets: list[list[ConfigResult]]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForImageTextToText, ProcessorMixin
 
-from var_core.errors import SinkDimsError
+from var_core.errors import SinkDimsError, first_line
 from var_core.families import family_of
 from var_core.sink_dims import (
     SinkDims,
@@ -175,10 +175,9 @@ def _from_pretrained(name: str, *, dtype: torch.dtype | None) -> tuple[nn.Module
         family_of(model)  # the processor class comes from the family table
         processor = processor_class(model).from_pretrained(source)
     except (OSError, ValueError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(
             f"cannot load model {name!r} (not a preset: {', '.join(PRESETS)}; not a local folder with a "
-            f"config.json; hub: {first_line})"
+            f"config.json; hub: {first_line(e)})"
         ) from e
     return model, processor
 

@@ -546,11 +546,14 @@ def build_tiny_internvl(
 def _construct(
     cls: type, config: Any, *, seed: int, device: str | torch.device, dtype: torch.dtype
 ) -> nn.Module:
-    torch.manual_seed(seed)
+    """``cls(config)`` with weights drawn from ``seed``, on ``device`` in ``dtype``; the caller's random state and
+    default dtype are left as they were."""
+    on_gpu = [torch.device(device)] if torch.device(device).type == "cuda" else []
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        with torch.device(device):
+        with torch.random.fork_rng(devices=on_gpu), torch.device(device):
+            torch.manual_seed(seed)
             model = cls(config)
     finally:
         torch.set_default_dtype(default_dtype)

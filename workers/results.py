@@ -6,10 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from var_core.config import VARConfig
 from var_core.stats import VARStats
 
-__all__ = ["ConfigResult", "merge_results"]
+__all__ = ["ConfigResult", "CapturedAttention", "merge_results"]
 
 
 @dataclass
@@ -21,6 +23,23 @@ class ConfigResult:
     choices: dict[str, int] = field(default_factory=dict)  # option tasks: index of the chosen option
     tokens: dict[str, list[int]] = field(default_factory=dict)  # generation tasks: generated token ids
     stats: VARStats | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class CapturedAttention:
+    """The last prompt token's attention on the image, before and after VAR, in every layer VAR modified
+    (``EvalEngine.capture``); the dashboards draw it (``dashboards.AttentionCapture.of``)."""
+
+    task: str
+    example_id: str
+    config: VARConfig
+    image: np.ndarray  # [H, W, 3] uint8: the example's image as loaded
+    grid: tuple[int, int]  # (rows, cols) of the image tokens that cover the whole image
+    layers: tuple[int, ...]  # the decoder layers VAR modified, one per leading row below
+    visual_sinks: np.ndarray  # bool [layers, rows * cols]
+    before: np.ndarray  # float [layers, heads, rows * cols]: VAR off
+    after: np.ndarray  # the same, VAR on
+    selected: np.ndarray  # bool [layers, heads]: the heads VAR selected for that row
 
 
 def merge_results(

@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from sweep.retry import is_transient, retrying
-from sweep.settings import normalise_database_url, redact_url
+from sweep.settings import first_line, normalise_database_url, redact_url
 from sweep.store.models import VERSION_TABLE, BestSettings, Sweep
 from var_core.errors import VarsweepError
 
@@ -209,14 +209,14 @@ class Store:
         try:
             return retrying(operation, what=what, seconds=self.retry_seconds, url=self.url)
         except OperationalError as e:
-            detail = redact_url(str(e.orig or e)).strip().splitlines()[0]
+            detail = first_line(e.orig or e)
             if is_transient(e):
                 raise StoreError(
                     f"cannot {what}: the database at {redact_url(self.url)} is unreachable ({detail})"
                 ) from e
             raise StoreError(f"cannot {what} in {redact_url(self.url)}: {detail}") from e
         except SQLAlchemyError as e:
-            raise StoreError(f"cannot {what}: {redact_url(str(e)).splitlines()[0]}") from e
+            raise StoreError(f"cannot {what}: {first_line(e)}") from e
 
     @contextmanager
     def _session(self) -> Iterator[Session]:

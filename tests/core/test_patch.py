@@ -100,6 +100,32 @@ def test_p_changes_logits_paper_convention(tiny, tiny_inputs):
     assert (moved - none_moved).abs().max() > 1e-3
 
 
+def test_using_scopes_configurations_and_statistics_and_restores_the_handle(tiny, tiny_inputs):
+    """``handle.using``: VAR with the block's configurations and its statistics in the run; VAR off rows alone are
+    the unpatched model; the handle's configuration, switch and statistics come back, after an error too."""
+    _, model, _ = tiny
+    unpatched = logits_of(model, tiny_inputs)
+    default = VARConfig(p=0.0)
+    with patch(model, default) as handle:
+        with handle.using(VARConfig(p=0.9), stats=True) as run:
+            moved = logits_of(model, tiny_inputs)
+        assert run.stats is not None and run.stats.summary()["mass_moved_per_row"] > 1e-4
+        assert run.stats.summary()["selected_share"] > 0
+        assert (moved - unpatched).abs().max() > 1e-3
+        assert handle.configs == (default,) and handle.enabled and not handle.collect_stats
+        assert (
+            handle.stats().summary()["mass_moved_per_row"] == 0.0
+        )  # the block's statistics stayed in the run
+        with handle.using([None]) as off:
+            torch.testing.assert_close(logits_of(model, tiny_inputs), unpatched, atol=0, rtol=0)
+        assert off.stats is None and handle.enabled
+        handle.disable()
+        with pytest.raises(RuntimeError, match="inside"), handle.using(VARConfig(p=0.5), stats=True):
+            assert handle.enabled and handle.collect_stats
+            raise RuntimeError("inside the block")
+        assert handle.configs == (default,) and not handle.enabled and not handle.collect_stats
+
+
 @pytest.mark.parametrize(
     "config",
     [

@@ -10,6 +10,7 @@ import pytest
 import torch
 from support import assert_same_tokens, assert_var_acted
 
+from dashboards import AttentionCapture
 from var_core import VARConfig
 from workers.engine import EvalEngine
 from workers.synthetic import write_gqa_folder, write_mmvp_folder
@@ -161,22 +162,24 @@ def test_capture_before_after_for_dashboards(tiny, mmvp):
         data = engine.capture(mmvp, mmvp.examples[0], config)
     finally:
         engine.close()
-    n_layers = len(data["layers"])
-    rows, cols = data["grid"]
+    n_layers = len(data.layers)
+    rows, cols = data.grid
     heads = model.config.get_text_config().num_attention_heads
-    assert data["layers"] == (2,)  # 4 layers, first_layer 2, the last excluded
-    assert data["before"].shape == data["after"].shape == (n_layers, heads, rows * cols)
-    assert data["visual_sinks"].shape == (n_layers, rows * cols) and data["visual_sinks"].any()
-    assert data["selected"].any()
-    selected = data["selected"][0]
-    sinks = data["visual_sinks"][0]
+    assert data.layers == (2,)  # 4 layers, first_layer 2, the last excluded
+    assert data.before.shape == data.after.shape == (n_layers, heads, rows * cols)
+    assert data.visual_sinks.shape == (n_layers, rows * cols) and data.visual_sinks.any()
+    assert data.selected.any()
+    selected = data.selected[0]
+    sinks = data.visual_sinks[0]
     # selected heads: visual sinks lose exactly 90% of their attention; the other image tokens gain
-    before, after = data["before"][0][selected], data["after"][0][selected]
+    before, after = data.before[0][selected], data.after[0][selected]
     assert abs(after[:, sinks] - 0.1 * before[:, sinks]).max() < 1e-6
     assert (after[:, ~sinks] >= before[:, ~sinks] - 1e-7).all() and (
         after[:, ~sinks] > before[:, ~sinks]
     ).any()
-    assert data["image"].dtype.name == "uint8" and data["image"].shape[2] == 3
+    assert data.image.dtype.name == "uint8" and data.image.shape[2] == 3
+    shown = AttentionCapture.of(data)  # what the dashboards draw: the image fitted to the token grid
+    assert shown.image.shape[0] * cols == shown.image.shape[1] * rows and shown.title.startswith("mmvp ")
 
 
 def test_host_tier_spills_and_reloads_identically(anyres, mmvp):
@@ -209,7 +212,7 @@ def test_host_tier_spills_and_reloads_identically(anyres, mmvp):
 
 def test_host_tier_budget_counts_what_the_copies_take(anyres, mmvp):
     """The host tier holds what its budget allows, counted as the bytes its buffers take; beyond, evicted."""
-    from workers.engine import _pinned_size, _to_host
+    from workers.prefix_cache import _pinned_size, _to_host
 
     _, model, processor = anyres
     engine = EvalEngine(model, processor, cache_bytes=1, host_cache_bytes=0, host_tier=True)
@@ -235,24 +238,24 @@ def test_host_tier_budget_counts_what_the_copies_take(anyres, mmvp):
 
 def test_cache_budgets_follow_free_memory(anyres, monkeypatch):
     """Default budgets come from the memory free once the model is loaded; the host tier is off on a CPU."""
-    from workers import engine as engine_module
+    from workers import prefix_cache
 
     _, model, processor = anyres
     engine = EvalEngine(model, processor)
     try:
-        available = engine_module._available_host_bytes()
+        available = prefix_cache._available_host_bytes()
         assert 0 < engine._cache.device_bytes <= available and engine._cache.host_bytes == 0
     finally:
         engine.close()
     # a 24 GiB GPU with 20 GiB free after the model: 4.8 GiB (20%) stays free for activations
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (20 << 30, 24 << 30))
-    monkeypatch.setattr(engine_module, "_available_host_bytes", lambda: 64 << 30)
-    device, host = engine_module.memory_budgets(torch.device("cuda", 0))
+    monkeypatch.setattr(prefix_cache, "_available_host_bytes", lambda: 64 << 30)
+    device, host = prefix_cache.memory_budgets(torch.device("cuda", 0))
     assert device == int((20 << 30) - 0.2 * (24 << 30)) and host == 32 << 30
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (3 << 30, 8 << 30))
-    assert engine_module.memory_budgets(torch.device("cuda", 0))[0] == 1 << 30  # at least 2 GiB headroom
+    assert prefix_cache.memory_budgets(torch.device("cuda", 0))[0] == 1 << 30  # at least 2 GiB headroom
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1 << 30, 8 << 30))
-    assert engine_module.memory_budgets(torch.device("cuda", 0))[0] == 0
+    assert prefix_cache.memory_budgets(torch.device("cuda", 0))[0] == 0
 
 
 @pytest.fixture()

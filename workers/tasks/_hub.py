@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from var_core.errors import first_line
 from workers.tasks._errors import DataError
 
 __all__ = ["HUB_DATASETS", "HUB_PREFIX", "resolve_data_dir"]
@@ -39,7 +40,6 @@ def resolve_data_dir(task: str, data_dir: str | Path | None) -> Path:
     try:
         return Path(snapshot_download(repo, repo_type="dataset", allow_patterns=list(patterns)))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(
-            f"cannot download dataset {repo!r} for task {task!r} from the Hugging Face hub: {first}"
+            f"cannot download dataset {repo!r} for task {task!r} from the Hugging Face hub: {first_line(e)}"
         ) from e
