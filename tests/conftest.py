@@ -29,6 +29,15 @@ def case(request):
     return (request.param, *loaded(request.param.preset, request.param.dtype))
 
 
+@pytest.fixture(autouse=True)
+def _local_ray_environment_stays_in_its_test(monkeypatch):
+    """An in-process sweep sets Ray's variables for a local Ray (sweep.cluster.local_ray_environment) in this
+    process's environment; they are taken back after each test, so a later test's multi-node Ray in the same
+    process (pytest-xdist runs many tests per process) does not inherit a single-node switch."""
+    for name in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture()
 def tiny_inputs(tiny):
     _, _, processor = tiny

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SAMPLE = REPO / "examples" / "mmvp-sample"
 STUDY = "tiny-llava:mmvp:paper"
+SWEEP_MARK = "VARSWEEP_TEST_SWEEP"  # set in a Sweep's environment, which Ray's workers inherit
 BASE_ENV = {
     k: v for k, v in os.environ.items() if not k.startswith(("VARSWEEP_", "MLFLOW_", "RAY_ADDRESS"))
 } | {
@@ -92,7 +93,7 @@ class RayHead:
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
         self.node_manager_port = free_port()
         self.env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"},
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "RAY_AUTH_MODE": "disabled",  # a throwaway local head, on loopback only
             "RAY_USAGE_STATS_ENABLED": "0",
@@ -306,13 +307,27 @@ class Sweep:
         self.process = subprocess.Popen(
             [sys.executable, str(REPO / "sweep" / "main.py"), *args],
             cwd=workdir,
-            env=BASE_ENV | (env or {}),
+            env=BASE_ENV | {SWEEP_MARK: str(workdir)} | (env or {}),
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
         )
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def worker_pids(self) -> list[int]:
+        """The ``ray::ModelWorker`` processes of this sweep (tests run side by side: others have their own)."""
+        mark = f"{SWEEP_MARK}={self.workdir}".encode()
+        pids = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ModelWorker"):
+                    continue
+                if mark in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    pids.append(int(pid))
+            except OSError:
+                continue
+        return pids
 
     def wait_for(self, pattern: str, timeout: float = 300) -> None:
         def seen() -> bool:

@@ -26,7 +26,8 @@ _EXPORTS: dict[str, str] = {
     ),
     **dict.fromkeys(["FAMILIES", "Family", "family_of"], "families"),
     **dict.fromkeys(["redistribute", "sink_components", "sink_mask", "sink_scores"], "ops"),
-    **dict.fromkeys(["SharedPrefix", "VARHandle", "VARRun", "VARState", "patch"], "patch"),
+    **dict.fromkeys(["VARHandle", "patch"], "patch"),
+    **dict.fromkeys(["SharedPrefix", "VARRun", "VARState"], "state"),
     **dict.fromkeys(
         [
             "BASE_LLM_BY_MODEL",
@@ -104,7 +105,7 @@ if TYPE_CHECKING:
     )
     from var_core.families import FAMILIES, Family, family_of
     from var_core.ops import redistribute, sink_components, sink_mask, sink_scores
-    from var_core.patch import SharedPrefix, VARHandle, VARRun, VARState, patch
+    from var_core.patch import VARHandle, patch
     from var_core.sink_dims import (
         BASE_LLM_BY_MODEL,
         SINK_DIMS,
@@ -114,4 +115,5 @@ if TYPE_CHECKING:
         find_sink_dims,
         record_sink_dims,
     )
+    from var_core.state import SharedPrefix, VARRun, VARState
     from var_core.stats import VARStats

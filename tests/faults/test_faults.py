@@ -43,19 +43,6 @@ def complete(url: str) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study_trials(url) if t.state == optuna.trial.TrialState.COMPLETE]
 
 
-def worker_pids() -> list[int]:
-    pids = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if cmdline.startswith(b"ray::ModelWorker"):
-                pids.append(int(pid))
-    return pids
-
-
 def cpu_ticks(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # utime + stime
@@ -70,7 +57,7 @@ def test_worker_killed_mid_trial_same_best_as_undisturbed(tmp_path):
 
     hit = Sweep(tmp_path / "hit", *sweep_args(6, "--batch", "2"))
     hit.wait_for(r"trial 1 \(")
-    (victim,) = worker_pids()
+    (victim,) = hit.worker_pids()
     # kill while the worker computes (a trial's evaluation), not while it idles between trials
     before = cpu_ticks(victim)
     deadline = time.monotonic() + 60
@@ -81,7 +68,7 @@ def test_worker_killed_mid_trial_same_best_as_undisturbed(tmp_path):
             break
         before = now
     os.kill(victim, signal.SIGKILL)
-    wait_until(lambda: any(p != victim for p in worker_pids()), timeout=60, what="restarted worker")
+    wait_until(lambda: any(p != victim for p in hit.worker_pids()), timeout=60, what="restarted worker")
     assert hit.finish() == 0, hit.text()[-3000:]
     hit_db = f"sqlite:///{tmp_path / 'hit' / 'varsweep.db'}"
 
@@ -161,7 +148,7 @@ def test_sigint_mid_batch_stops_cleanly_and_a_rerun_resumes(tmp_path):
     assert sweep.finish(timeout=120) == 130, sweep.text()[-3000:]
     log = sweep.text()
     assert "interrupted (SIGINT): the study is consistent" in log and "Traceback" not in log
-    wait_until(lambda: not worker_pids(), timeout=30, what="workers stopped")
+    wait_until(lambda: not sweep.worker_pids(), timeout=30, what="workers stopped")
     db = f"sqlite:///{workdir / 'varsweep.db'}"
     states = {t.state for t in study_trials(db)}
     assert optuna.trial.TrialState.COMPLETE in states
