@@ -12,7 +12,7 @@ prefix through :class:`var_core.SharedPrefix`, one copy for all rows
 (:func:`var_core.attention.shared_prefix_attention`). Option tasks score from the last position's logits, so the
 last layer works on that position alone; generation tasks decode greedily from the cache under the checkpoint's
 generation config (:class:`workers.decoding.GreedyDecoding`). Results equal a plain full-prompt run of the
-patched model and ``model.generate(do_sample=False)`` (tests/engine prove it).
+patched model and ``model.generate(do_sample=False)`` (tests/workers/test_engine.py proves it).
 """
 
 from __future__ import annotations

@@ -342,7 +342,7 @@ def test_a_permanent_database_error_fails_at_once_with_its_cause(tmp_path):
 
 
 def test_a_metric_that_is_not_a_number_fails_each_trial_once(tmp_path):
-    from tasks.task_fixtures import pope_record, write_pope
+    from task_fixtures import pope_record, write_pope
 
     # every label "no": recall = TP / (TP + FN) is 0 / 0 for any answers
     records = [pope_record(i, (i + 1) // 2, f"thing{i}", "no") for i in range(1, 21)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tasks.task_fixtures import mmhal_records, write_mmhal
+from task_fixtures import mmhal_records, write_mmhal
 
 from workers.tasks import DataError, ScoringError, get_task
 from workers.tasks.mmhal import JudgeRequest

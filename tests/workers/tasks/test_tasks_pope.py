@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from tasks.task_fixtures import POPE_DIR, pope_record, write_json, write_jsonl, write_pope
+from task_fixtures import POPE_DIR, pope_record, write_json, write_jsonl, write_pope
 
 from var_core.errors import ConfigError
 from workers.tasks import DataError, get_task

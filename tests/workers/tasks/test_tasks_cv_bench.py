@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from tasks.task_fixtures import CV_ROWS, cv_row, write_cv_bench, write_jsonl
+from task_fixtures import CV_ROWS, cv_row, write_cv_bench, write_jsonl
 
 from workers.tasks import DataError, get_task
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tasks.task_fixtures import build_task_dir, pope_record, write_pope
+from task_fixtures import build_task_dir, pope_record, write_pope
 
 from workers.tasks import OptionTokenError, Task, get_task, option_token_ids
 
-SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "mmvp-sample"
+SAMPLE = Path(__file__).resolve().parents[3] / "examples" / "mmvp-sample"
 N_PER_TASK = 3
 
 

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tasks.task_fixtures import hf_image, write_coco, write_jsonl, write_parquet
+from task_fixtures import hf_image, write_coco, write_jsonl, write_parquet
 
 from var_core.errors import ConfigError
 from workers.tasks import DataError, get_task

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tasks.task_fixtures import hf_image, write_mmvp, write_parquet
+from task_fixtures import hf_image, write_mmvp, write_parquet
 
 from var_core.errors import ConfigError
 from workers.tasks import DataError, get_task
 
-SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "mmvp-sample"
+SAMPLE = Path(__file__).resolve().parents[3] / "examples" / "mmvp-sample"
 
 
 def test_section8_scores(tmp_path):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tasks.task_fixtures import write_mme
+from task_fixtures import write_mme
 
 from workers.tasks import DataError, get_task
 

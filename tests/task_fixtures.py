@@ -12,7 +12,7 @@ from typing import Any
 from PIL import Image
 
 # POPE's real label files (MIT licence, tests/data/pope/LICENSE), in the repository so that a clone tests alone.
-POPE_DIR = Path(__file__).resolve().parents[1] / "data" / "pope"
+POPE_DIR = Path(__file__).resolve().parent / "data" / "pope"
 
 
 def image_bytes(colour: tuple[int, int, int] = (200, 30, 30), fmt: str = "JPEG") -> bytes:

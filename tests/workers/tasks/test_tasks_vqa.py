@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tasks.task_fixtures import write_gqa, write_json, write_vizwiz, write_vqav2
+from task_fixtures import write_gqa, write_json, write_vizwiz, write_vqav2
 
 from workers.tasks import DataError, get_task
 

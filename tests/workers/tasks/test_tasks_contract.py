@@ -7,7 +7,7 @@ import math
 import pickle
 
 import pytest
-from tasks.task_fixtures import build_task_dir
+from task_fixtures import build_task_dir
 
 from var_core.errors import ConfigError, UnsupportedModelError, VarsweepError
 from workers.tasks import (
@@ -242,7 +242,7 @@ def test_tasks_pickle_for_workers(loaded):
 def test_hub_dataset_is_downloaded_then_read_by_the_same_loader(tmp_path, monkeypatch):
     """``hf://`` goes through huggingface_hub.snapshot_download (here answered from a local copy: no network)."""
     import huggingface_hub
-    from tasks.task_fixtures import write_cv_bench
+    from task_fixtures import write_cv_bench
 
     copy = write_cv_bench(tmp_path / "hub-copy", fmt="parquet")
     asked = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from tasks.task_fixtures import pope_record, write_pope
+from task_fixtures import pope_record, write_pope
 
 from workers.synthetic import write_mmvp_folder
 from workers.tasks import get_task, paired_comparison
