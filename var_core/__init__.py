@@ -27,7 +27,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["FAMILIES", "Family", "family_of"], "families"),
     **dict.fromkeys(["redistribute", "sink_components", "sink_mask", "sink_scores"], "ops"),
     **dict.fromkeys(["VARHandle", "patch"], "patch"),
-    **dict.fromkeys(["SharedPrefix", "VARRun", "VARState"], "state"),
+    **dict.fromkeys(["CallOptions", "SharedPrefix", "VARRun", "VARState"], "state"),
     **dict.fromkeys(
         [
             "BASE_LLM_BY_MODEL",
@@ -46,6 +46,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "BASE_LLM_BY_MODEL",
     "CONVENTIONS",
+    "CallOptions",
     "ConfigError",
     "Convention",
     "FAMILIES",
@@ -115,5 +116,5 @@ if TYPE_CHECKING:
         find_sink_dims,
         record_sink_dims,
     )
-    from var_core.state import SharedPrefix, VARRun, VARState
+    from var_core.state import CallOptions, SharedPrefix, VARRun, VARState
     from var_core.stats import VARStats

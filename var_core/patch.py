@@ -11,7 +11,9 @@
   threads a per-sequence :class:`VARState` through the forward as the keyword ``var_state``.
 
 A :class:`VARState` lives with one sequence (one KV cache): it is looked up by cache across ``generate`` steps, or
-passed explicitly (``model(..., var_state=state)``) by callers that reuse a prefix cache.
+passed explicitly (``model(..., var_state=state)``) by callers that reuse a prefix cache. How one call runs (a
+shared prefix, only filling the cache, only the last position) is a frozen :class:`CallOptions` passed beside it
+(``var_call=``), never stored on the state.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from var_core.ops import (
     row_params,
 )
 from var_core.sink_dims import SinkDims, find_sink_dims
-from var_core.state import LayerCapture, SharedPrefix, VARRun, VARState, pad_keys
+from var_core.state import CallOptions, LayerCapture, SharedPrefix, VARRun, VARState, pad_keys
 from var_core.stats import VARStats
 
 __all__ = ["patch", "VARHandle", "VARRun", "VARState", "SharedPrefix", "AttentionPath", "LayerCapture"]
@@ -53,6 +55,10 @@ _HANDLES: weakref.WeakKeyDictionary[nn.Module, VARHandle] = weakref.WeakKeyDicti
 
 class _CacheFilled(Exception):
     """Raised inside the last layer of a ``kv_only`` call once its keys and values are in the cache."""
+
+
+_PLAIN_CALL = CallOptions()
+_FILL_CACHE = CallOptions(kv_only=True)
 
 
 class VARHandle:
@@ -185,13 +191,16 @@ class VARHandle:
         """
         if not self.enabled:
             raise VarsweepError("prefill records sink scores: enable the VAR patch first")
-        var_state.kv_only = True
         try:
-            module(**inputs, past_key_values=past_key_values, var_state=var_state, use_cache=True)
+            module(
+                **inputs,
+                past_key_values=past_key_values,
+                var_state=var_state,
+                var_call=_FILL_CACHE,
+                use_cache=True,
+            )
         except _CacheFilled:
             pass
-        finally:
-            var_state.kv_only = False
         return past_key_values
 
     def remove(self) -> None:
@@ -265,7 +274,13 @@ class VARHandle:
         if state is None:
             state = VARState()
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        state._begin_call(input_ids, kwargs.get("attention_mask"), self.image_token_id)
+        options: CallOptions = kwargs.get("var_call") or _PLAIN_CALL
+        state._begin_call(
+            input_ids,
+            kwargs.get("attention_mask"),
+            self.image_token_id,
+            fan_out=options.shared_prefix is not None,
+        )
         kwargs["var_state"] = state
         return args, kwargs
 
@@ -300,14 +315,25 @@ class VARHandle:
         kwargs: dict[str, Any],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         state: VARState | None = kwargs.pop("var_state", None)
+        options: CallOptions = kwargs.pop("var_call", None) or _PLAIN_CALL
         base_kwargs = {**kwargs, "dropout": dropout, "scaling": scaling}
         layer = _layer_index(module)
-        if state is not None and state.kv_only and layer == self.num_layers - 1:
+        if options.kv_only and layer == self.num_layers - 1:
             raise _CacheFilled
-        if state is not None and state.shared_prefix is not None:
-            shared = state.shared_prefix
+        if state is not None and options.shared_prefix is not None:
+            shared = options.shared_prefix
             if self.enabled and layer >= self._first_active_layer:
-                return self._attend_shared(module, query, key, value, attention_mask, scaling, state, shared)
+                return self._attend_shared(
+                    module,
+                    query,
+                    key,
+                    value,
+                    attention_mask,
+                    scaling,
+                    state,
+                    shared,
+                    options.last_position_only,
+                )
             # below the first layer VAR may modify (or VAR off): nothing to rewrite, the base attention serves
             key, value = shared.joined(layer, key, value)
             mask = _prefix_visible(attention_mask, shared.length, query, key, self.base_implementation)
@@ -366,11 +392,12 @@ class VARHandle:
         scaling: float | None,
         state: VARState,
         shared: SharedPrefix,
+        last_position_only: bool,
     ) -> tuple[torch.Tensor, None]:
         """Every row of a call that continues a shared prefix (all after the image): see shared_prefix_attention."""
         layer, batch, n_keys = _layer_index(module), query.shape[0], shared.length + key.shape[2]
         n_query = query.shape[2]
-        if state.last_position_only and layer == self.num_layers - 1:
+        if last_position_only and layer == self.num_layers - 1:
             query = query[:, :, -1:]
             attention_mask = attention_mask[..., -1:, :] if attention_mask is not None else None
         params = self._params(batch, query.device)

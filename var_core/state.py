@@ -2,6 +2,8 @@
 
 * :class:`VARState`: one sequence batch's image positions, prompt extent and per-layer sink-score components,
   filled by the patch's hooks as the prompt goes through the model, and continued by later calls on its cache;
+* :class:`CallOptions`: how one forward call runs (a shared prefix, only filling the cache, only the last position),
+  passed beside the state as ``var_call=``, never stored on it;
 * :class:`SharedPrefix`: the keys and values of a prompt prefix that every batch row continues (one copy);
 * :class:`VARRun`: what one ``handle.using(...)`` block ran, and its statistics;
 * :class:`LayerCapture`: one layer's attention before and after VAR, for the dashboards.
@@ -19,15 +21,15 @@ from var_core.errors import UnsupportedInputError, VarsweepError
 from var_core.ops import RowParams, phi_from_components, sink_components
 from var_core.stats import VARStats
 
-__all__ = ["VARState", "SharedPrefix", "VARRun", "LayerCapture", "pad_keys"]
+__all__ = ["VARState", "CallOptions", "SharedPrefix", "VARRun", "LayerCapture", "pad_keys"]
 
 
 @dataclass(frozen=True)
 class SharedPrefix:
     """Keys and values ``[1, H_kv, P, D]`` per layer of a prompt prefix that every batch row continues.
 
-    A call whose :class:`VARState` carries one passes a cache holding only the keys after the prefix, and explicit
-    ``position_ids`` (they start at P); attention reads the prefix from here instead of n copies of it.
+    A call whose :class:`CallOptions` carry one passes a cache holding only the keys after the prefix, and
+    explicit ``position_ids`` (they start at P); attention reads the prefix from here instead of n copies of it.
     """
 
     keys: Sequence[torch.Tensor]
@@ -63,11 +65,6 @@ class VARState:
     peak: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, prompt] max |x[d_sink]|
     mean_sq: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, prompt] mean x^2
     stats_counted: set[int] = field(default_factory=set)  # layers whose sink counts entered the stats
-    shared_prefix: SharedPrefix | None = None  # the cache holds only the keys after it (see SharedPrefix)
-    kv_only: bool = False  # the call only fills the cache: the last layer stops once its keys are written
-    # only the last position's output of the last layer is read (the caller runs that layer's output projection
-    # and MLP on it alone): with a shared prefix, the last layer attends from that position only
-    last_position_only: bool = False
     _call_start: int = 0
     _call_len: int = 0
 
@@ -87,22 +84,15 @@ class VARState:
     def rows(self) -> int:
         return 0 if self.visual is None else int(self.visual.shape[0])
 
-    def expand(self, n: int, shared_prefix: SharedPrefix | None = None) -> VARState:
+    def expand(self, n: int) -> VARState:
         """This state for ``n`` copies of a single-row batch (views, no copies): one row per configuration.
 
-        With ``shared_prefix`` (the keys and values this state's prefix left in its cache), the next call passes
-        a cache of the keys after the prefix only, and may pass a single row: the layers below the first one VAR
-        may modify run once, and the hidden states fan out to ``n`` rows there.
+        With :meth:`CallOptions.continuing` (the keys and values this state's prefix left in its cache), the next
+        call passes a cache of the keys after the prefix only, and may pass a single row: the layers below the
+        first one VAR may modify run once, and the hidden states fan out to ``n`` rows there.
         """
         if self.visual is None or self.visual.shape[0] != 1:
             raise VarsweepError("VARState.expand needs a state of one row that has seen its prefix")
-        if shared_prefix is not None:
-            image_end = int(self.image_end.max())  # type: ignore[union-attr]
-            if shared_prefix.length != self.seen or image_end > shared_prefix.length:
-                raise VarsweepError(
-                    f"a shared prefix must be this state's {self.seen} tokens and hold the whole image; "
-                    f"got {shared_prefix.length} tokens"
-                )
 
         def grow(t: torch.Tensor) -> torch.Tensor:
             return t.expand(n, *t.shape[1:])
@@ -115,12 +105,17 @@ class VARState:
             image_end=grow(self.image_end),  # type: ignore[arg-type]
             peak={k: grow(v) for k, v in self.peak.items()},
             mean_sq={k: grow(v) for k, v in self.mean_sq.items()},
-            shared_prefix=shared_prefix,
         )
 
     def _begin_call(
-        self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, image_id: int
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        image_id: int,
+        *,
+        fan_out: bool = False,
     ) -> None:
+        """Take a call's prompt tokens in; ``fan_out``: a single row continues every row of this state."""
         if input_ids is None:
             raise VarsweepError(
                 "VAR needs input_ids to locate image tokens; inputs_embeds alone are not supported"
@@ -145,7 +140,7 @@ class VARState:
         if self.visual is None:
             self.visual, self.candidate = visual, real
         else:
-            if batch == 1 and self.shared_prefix is not None:  # one row continues every configuration's row
+            if batch == 1 and fan_out:  # one row continues every configuration's row
                 visual, real = visual.expand(self.rows, -1), real.expand(self.rows, -1)
             elif self.visual.shape[0] != batch:
                 raise VarsweepError(
@@ -181,6 +176,31 @@ class VARState:
             raise VarsweepError(f"no sink scores for layer {layer}: the prompt ran while VAR was disabled")
         phi = phi_from_components(self.peak[layer], self.mean_sq[layer], eps=params.rms_eps)
         return pad_keys(params.sinks(phi) & self.candidate, n_keys)  # type: ignore[operator]
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """How one forward call runs, beside its sequence's :class:`VARState`: passed through the forward as the
+    keyword ``var_call`` (a call without it runs as usual)."""
+
+    shared_prefix: SharedPrefix | None = None  # the cache holds only the keys after this prefix
+    kv_only: bool = False  # the call only fills the cache: the last layer stops once its keys are written
+    # only the last position's output of the last layer is read (the caller runs that layer's output projection
+    # and MLP on it alone): with a shared prefix, the last layer attends from that position only
+    last_position_only: bool = False
+
+    @classmethod
+    def continuing(
+        cls, state: VARState, prefix: SharedPrefix, *, last_position_only: bool = False
+    ) -> CallOptions:
+        """Options of the calls that continue ``state``'s prefix, whose keys and values ``prefix`` holds."""
+        image_end = int(state.image_end.max()) if state.image_end is not None else state.seen + 1
+        if prefix.length != state.seen or image_end > prefix.length:
+            raise VarsweepError(
+                f"a shared prefix must be the state's {state.seen} tokens and hold the whole image; "
+                f"got {prefix.length} tokens"
+            )
+        return cls(shared_prefix=prefix, last_position_only=last_position_only)
 
 
 def pad_keys(mask: torch.Tensor, n_keys: int) -> torch.Tensor:

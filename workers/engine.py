@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from var_core import SharedPrefix, VARConfig, VARHandle, VARState, family_of, patch
+from var_core import CallOptions, SharedPrefix, VARConfig, VARHandle, VARState, family_of, patch
 from var_core.errors import VarsweepError
 from var_core.families import image_layout, image_token_id, prompt_positions, residual_branches
 from workers.decoding import GreedyDecoding
@@ -320,11 +320,14 @@ class EvalEngine:
             "input_ids": prep.suffix_ids,
             "position_ids": prep.suffix_positions,
             "past_key_values": DynamicCache(config=self.text_config),  # the keys after the shared prefix
-            "var_state": prep.state.expand(n, shared_prefix=SharedPrefix(prep.keys, prep.values)),
+            "var_state": prep.state.expand(n),
+            # the last layer on the last position only: see _last_position_only
+            "var_call": CallOptions.continuing(
+                prep.state, SharedPrefix(prep.keys, prep.values), last_position_only=True
+            ),
             "use_cache": True,
             "logits_to_keep": 1,
         }
-        kwargs["var_state"].last_position_only = True  # see _last_position_only
         chosen = None
         # VAR off alone: the unpatched attention throughout
         with self.handle.using(configs, stats=collect_stats) as run:

@@ -69,7 +69,10 @@ def test_prefill_fills_cache_and_sink_scores_like_a_full_call(tiny, tiny_inputs)
         handle.collect_stats = True
         cache = handle.prefill(model.model, past_key_values=empty, var_state=state, **tiny_inputs)
         assert_var_acted(handle)  # the keys compared below come after VAR rewrote the question's rows
-    assert cache is empty and not state.kv_only
+    assert cache is empty  # and the state carries no switch of that call: they live in CallOptions
+    assert {f.name for f in dataclasses.fields(state)}.isdisjoint(
+        {"kv_only", "shared_prefix", "last_position_only"}
+    )
     assert len(cache.layers) == len(full.layers) == handle.num_layers
     for stopped, whole in zip(cache.layers, full.layers, strict=True):
         assert torch.equal(stopped.keys, whole.keys) and torch.equal(stopped.values, whole.values)
