@@ -91,6 +91,7 @@ class EvalEngine:
     ) -> None:
         self.model = model
         self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)  # a processor, or a bare tokenizer
         self.family = family_of(model).name
         self.decoding = GreedyDecoding.from_model(model)
         self.handle = handle if handle is not None else patch(model, VARConfig())
@@ -265,8 +266,7 @@ class EvalEngine:
         keys, values = _keys_values(cache)
         option_ids = None
         if task.answer_mode == "options":
-            tokenizer = getattr(self.processor, "tokenizer", self.processor)
-            option_ids = tuple(option_token_ids(tokenizer, prompt, example.options))
+            option_ids = tuple(option_token_ids(self.tokenizer, prompt, example.options))
         return Prepared(
             example_id=example.id,
             prompt_len=prompt_len,
@@ -392,10 +392,9 @@ class EvalEngine:
             kwargs["position_ids"] = positions[..., -1:] + step + 1  # M-RoPE: all three sections advance
             out = self.model(**kwargs)
             logits = out.logits[:, -1]
-        tokenizer = getattr(self.processor, "tokenizer", self.processor)
         for ids, results in zip(sequences[:, prep.prompt_len :].tolist(), targets, strict=True):
             ids = ids[: next((i for i, t in enumerate(ids) if t in self._eos), len(ids))]
-            answer = tokenizer.decode(ids, skip_special_tokens=True).strip()
+            answer = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
             for result in results:
                 result.tokens[example.id] = list(ids)
                 result.answers[example.id] = answer

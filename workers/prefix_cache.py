@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -66,14 +66,9 @@ class Prepared:
         peak = {layer: next(it) for layer in layers}
         mean_sq = {layer: next(it) for layer in layers}
         keys, values = [next(it) for _ in range(n)], [next(it) for _ in range(n)]
-        moved = VARState(
-            prompt_len=state.prompt_len,
-            seen=state.seen,
-            visual=visual,
-            candidate=candidate,
-            image_end=image_end,
-            peak=peak,
-            mean_sq=mean_sq,
+        # every other field of the state comes along as it is
+        moved = replace(
+            state, visual=visual, candidate=candidate, image_end=image_end, peak=peak, mean_sq=mean_sq
         )
         return Prepared(
             example_id=self.example_id,
