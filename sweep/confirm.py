@@ -8,6 +8,7 @@ attention capture of that configuration (or of the paper's defaults, when VAR of
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +55,9 @@ def confirm(plan: SweepPlan, study: Any, pool: Any) -> Confirmation:
     )
     log.info("VAR vs off on held-out: %s", comparison.describe())
     shown = config or config_from_params(plan.space.paper_defaults(), convention)
-    capture = ray.get(pool.actors[0].capture.remote(shown, "heldout"))
+    # copied out of Ray: ray.get's arrays are views into the object store, which a local Ray's shutdown (begun
+    # before the figures are drawn) takes away, and touching or freeing them after it ends the process
+    capture = copy.deepcopy(ray.get(pool.actors[0].capture.remote(shown, "heldout")))
     return Confirmation(
         best=best,
         comparison=comparison,
