@@ -113,9 +113,8 @@ def main() -> None:
             ray.shutdown()
             rows.append((workers, wall, outcome))
     finally:
-        subprocess.run(
-            ["pkill", "-9", "-f", str(temp)], capture_output=True
-        )  # only what it started (not `ray stop`)
+        # only what it started (not `ray stop`)
+        subprocess.run(["pkill", "-9", "-f", str(temp)], capture_output=True)
         shutil.rmtree(temp, ignore_errors=True)
 
     print(

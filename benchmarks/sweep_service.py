@@ -97,7 +97,7 @@ def _role(pid: int, command: str) -> str | None:
         return "ModelWorker (model load, prefixes, batches, held-out, figures)"
     if command.startswith("ray::ImplicitFunc"):
         return "Tune trial processes"
-    if "ray" in command and "site-packages" in command or command.startswith("ray::"):
+    if command.startswith("ray::") or ("ray" in command and "site-packages" in command):
         return "Ray's own processes (GCS, raylet, agents, idle workers)"
     return None
 
@@ -182,9 +182,8 @@ def main() -> None:
     evaluations = len(configs) * len(tuning.examples)
     # naive re-evaluation of what the sweep evaluated: every trial, then the best and VAR off on the held-out split
     naive_search = naive_per_eval * (evaluations + 2 * len(heldout.examples))
-    sweep_work = t[
-        "search"
-    ]  # the workers prepare their prefixes while the search starts: the search holds both
+    # the workers prepare their prefixes while the search starts: the search holds both
+    sweep_work = t["search"]
     engine_work = engine_prefix + engine_search
     other = sweep_wall - t["ray_start"] - t["model_load"] - t["search"] - t["heldout"] - t["figures"]
     print(

@@ -63,9 +63,8 @@ class SweepRequest:
     early_stop: str = "off"  # "asha": stop trials that fall behind at a rung of tuning groups
     warm_start: bool = True  # a new study starts with the stored best settings of related sweeps
     worker_cpus: int | None = None  # CPUs (torch threads) per CPU worker; None: a local Ray's cores / workers
-    device: str = (
-        "auto"  # "cuda": one GPU per worker (waiting for them); "cpu"; "auto": GPUs if the cluster has
-    )
+    # "cuda": one GPU per worker (waiting for them); "cpu"; "auto": cuda if the cluster has GPUs at start
+    device: str = "auto"
     sink_dims: tuple[int, ...] | None = None  # the model's sink dimensions, if known better than the table
     discover_sink_dims: bool = False  # find them from the model (var_core.discover_sink_dims)
 

@@ -168,9 +168,8 @@ class SweepRecords:
         while not self._stop.wait(self.settings.heartbeat_seconds):
             try:
                 self.store.beat(str(self.sweep_id))
-            except (
-                Exception
-            ) as e:  # a database outage: the next beat tries again (the grace period is longer)
+            # a database outage: the next beat tries again (the grace period is longer)
+            except Exception as e:
                 log.debug("lease not renewed: %s", first_line(e))
 
     def others_alive(self) -> bool:

@@ -23,6 +23,7 @@ __all__ = [
     "PAPER_DEFAULTS",
     "WARM_START",
     "config_from_params",
+    "full_params",
 ]
 
 BASELINE = "baseline"
@@ -142,13 +143,15 @@ def _check_range(
     return lo, hi
 
 
+def full_params(params: dict[str, float]) -> dict[str, float]:
+    """A trial's parameters with summ at its default when the sweep does not search it."""
+    return {"summ": DEFAULT_SUMM, **params}
+
+
 def config_from_params(params: dict[str, float], convention: Convention) -> VARConfig | None:
     """The VARConfig of a trial's parameters; None when it moves no attention (VAR off)."""
+    full = full_params(params)
     config = VARConfig(
-        tau=params["tau"],
-        rho=params["rho"],
-        p=params["p"],
-        summ=params.get("summ", DEFAULT_SUMM),
-        convention=convention,
+        tau=full["tau"], rho=full["rho"], p=full["p"], summ=full["summ"], convention=convention
     )
     return None if config.kept_fraction == 1.0 else config

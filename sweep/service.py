@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 from sweep import signals
 from sweep.plan import SweepPlan, SweepRequest, data_fingerprint, plan_sweep, slug, split_groups
 from sweep.progress import Progress, bars
+from sweep.search import full_params
 from sweep.settings import Settings
-from var_core.config import DEFAULT_SUMM
 from var_core.errors import VarsweepError
 
 if TYPE_CHECKING:
@@ -226,7 +226,7 @@ def _sweep(plan: SweepPlan, records: SweepRecords, settings: Settings, workdir: 
         direction=plan.direction,
         trials_run=ran,
         trials_total=len(finished_trials(records.study)),
-        best_params={"summ": DEFAULT_SUMM, **best.params},
+        best_params=full_params(best.params),
         best_role=str(best.user_attrs.get("role", "search")),
         tuning_value=float(best.value),
         heldout_value=confirmation.heldout_value,
@@ -435,7 +435,7 @@ def _record(
         },
         tags={"varsweep.best_trial": str(best.number), "varsweep.heldout": comparison.describe()},
     )
-    full = {"summ": DEFAULT_SUMM, **best.params}
+    full = full_params(best.params)
     return records.store.upsert_best(
         BestRecord(
             model=plan.model_key,

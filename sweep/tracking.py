@@ -219,9 +219,8 @@ class Tracker:
             try:
                 mine = f"tags.varsweep.sweep_id = '{self.sweep_id}' and attributes.status = 'RUNNING'"
                 for run in self._runs(mine):
-                    if (
-                        run.info.run_id != self.parent_id
-                    ):  # a trial that never reported: interrupted, or failed
+                    # a trial that never reported: interrupted, or failed
+                    if run.info.run_id != self.parent_id:
                         self.client.set_terminated(
                             run.info.run_id, status="KILLED" if status == "KILLED" else "FAILED"
                         )

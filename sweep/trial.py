@@ -36,9 +36,8 @@ FIDELITY = "fidelity"  # ASHA's clock: the rung's nominal size in eighths of the
 EXAMPLES_SEEN = "examples_seen"  # Optuna's step for the intermediate value
 COMPLETE = "complete"  # the trial saw every tuning example (else it was stopped early)
 FAILURE = "failure"  # why the trial failed (a metric that is not a number): it ends FAIL, once, not retried
-REPORT = (
-    "report"  # the whole TrialReport, as plain data (Tune hands searchers a flattened copy: use the above)
-)
+# the whole TrialReport, as plain data (Tune hands searchers a flattened copy: use the above)
+REPORT = "report"
 # how long a trial waits for a worker that Ray is restarting (its process killed, its node lost): placed again,
 # model reloaded; as long as the pool waits for its placement at the start (VARSWEEP_PLACEMENT_TIMEOUT's default)
 RESTART_PATIENCE = 600.0

@@ -64,9 +64,8 @@ SOURCE = "source"  # where a warm-start point came from (Optuna user attribute, 
 OWNER = "sweep"  # the sweep (driver) that runs a trial
 RETRY_OF = "retry_of"  # the trial number a re-queued trial repeats
 IDENTITY = "varsweep.identity"  # what a study optimises (a study user attribute)
-_FINISHED: Any = (
-    Searcher.FINISHED
-)  # Tune's "no more trials" (a str, though Searcher.suggest says dict | None)
+# Tune's "no more trials" (a str, though Searcher.suggest says dict | None)
+_FINISHED: Any = Searcher.FINISHED
 TRIAL_MEMORY = 256 * 2**20  # bytes a thin trial process holds (Ray's memory resource); 240 MiB RSS measured
 
 
@@ -413,14 +412,12 @@ class StudySearcher(Searcher):
 class SearchHooks:
     """What the driver does as trials start, report and end (called on Tune's loop: keep them quick)."""
 
-    on_start: Callable[
-        [int, str, dict[str, float], str], None
-    ]  # trial number, role, params, warm-start source
+    # trial number, role, params, warm-start source
+    on_start: Callable[[int, str, dict[str, float], str], None]
     on_rung: Callable[[TrialReport], None]  # every report, the last one (complete or not) included
     on_end: Callable[[TrialReport], None]  # the last report of a trial that finished (complete or pruned)
-    on_error: Callable[
-        [int, str], None
-    ]  # trial number, one line (Tune may retry a crashed trial: it restarts)
+    # trial number, one line (Tune may retry a crashed trial: it restarts)
+    on_error: Callable[[int, str], None]
 
 
 def run_search(

@@ -110,7 +110,19 @@ class RayHead:
             "--dashboard-host=127.0.0.1",
             "--include-dashboard=true",
             f"--ray-client-server-port={free_port()}",
-            f"--node-manager-port={self.node_manager_port}",
+            *self._node_options(self.node_manager_port, num_cpus),
+        ]
+        started = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=120)
+        if started.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"ray start failed: {started.stderr[-2000:]}")
+        wait_until(self._dashboard_up, timeout=60, what="Ray dashboard")
+
+    def _node_options(self, node_manager_port: int, num_cpus: int) -> list[str]:
+        """What every node of this cluster is started with, the head's and the others': free ports, this
+        cluster's temp dir, CPUs only."""
+        return [
+            f"--node-manager-port={node_manager_port}",
             f"--object-manager-port={free_port()}",
             f"--runtime-env-agent-port={free_port()}",
             f"--dashboard-agent-listen-port={free_port()}",
@@ -121,11 +133,6 @@ class RayHead:
             "--num-gpus=0",
             "--disable-usage-stats",
         ]
-        started = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=120)
-        if started.returncode != 0:
-            self.stop()
-            raise RuntimeError(f"ray start failed: {started.stderr[-2000:]}")
-        wait_until(self._dashboard_up, timeout=60, what="Ray dashboard")
 
     def _dashboard_up(self) -> bool:
         try:
@@ -166,16 +173,7 @@ class RayHead:
             "start",
             f"--address={self.address}",
             "--node-ip-address=127.0.0.1",
-            f"--node-manager-port={port}",
-            f"--object-manager-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
-            f"--temp-dir={self.temp_dir}",
-            f"--num-cpus={num_cpus}",
-            "--num-gpus=0",
-            "--disable-usage-stats",
+            *self._node_options(port, num_cpus),
         ]
         started = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=120)
         if started.returncode != 0:

@@ -72,9 +72,8 @@ def attention_probs(
     dtype = _work_dtype(query.dtype)
     keys = repeat_kv(key, query.shape[1] // key.shape[1]).to(dtype)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    logits = torch.matmul(
-        query.to(dtype) * scale, keys.transpose(2, 3)
-    )  # scaling q is cheaper than the logits
+    # scaling q is cheaper than the logits
+    logits = torch.matmul(query.to(dtype) * scale, keys.transpose(2, 3))
     return masked_softmax(masked_logits(logits, mask))
 
 

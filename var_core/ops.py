@@ -247,9 +247,8 @@ def redistribute_rows(
         has_visual_sink=(visual & sinks).any(-1),
     )
     kept = params.kept.to(a.dtype)
-    sink_scale = torch.where(sinks, kept[:, None], torch.ones_like(kept)[:, None])[
-        :, None, None, :
-    ]  # [B,1,1,K]
+    # [B,1,1,K]
+    sink_scale = torch.where(sinks, kept[:, None], torch.ones_like(kept)[:, None])[:, None, None, :]
     factor = sink_scale + receivers[:, None, None, :].to(a.dtype) * gain[..., None]
     new = torch.where(changed[..., None], (a * factor).to(attn.dtype), attn)
     return Redistribution(

@@ -76,9 +76,8 @@ class VARHandle:
     ) -> None:
         self.model = model
         self.sink_dims = sink_dims.dims
-        self.sink_dims_source = (
-            sink_dims.source
-        )  # how they were found (var_core.find_sink_dims), for the logs
+        # how they were found (var_core.find_sink_dims), for the logs
+        self.sink_dims_source = sink_dims.source
         self.path: AttentionPath = path
         self.image_token_id = image_token_id(model)
         self.layers = decoder_layers(model)

@@ -190,9 +190,8 @@ class ModelWorker:
 
     async def _run_pending(self) -> None:
         pending, self._pending = self._pending, []
-        for part in dict.fromkeys(
-            p for _, p, _ in pending
-        ):  # one batch per (split, groups), in arrival order
+        # one batch per (split, groups), in arrival order
+        for part in dict.fromkeys(p for _, p, _ in pending):
             group = [(c, f) for c, p, f in pending if p == part]
             flat = [config for configs, _ in group for config in configs]
             split, groups = part

@@ -329,7 +329,7 @@ class EvalEngine:
             "logits_to_keep": 1,
         }
         chosen = None
-        # VAR off alone: the unpatched attention throughout
+        # a batch of VAR-off rows alone runs the unpatched attention throughout (handle.using switches VAR off)
         with self.handle.using(configs, stats=collect_stats) as run:
             with _last_position_only(self._last_branches):
                 out = self.model(**kwargs)

@@ -28,9 +28,8 @@ class Prepared:
     example_id: str
     prompt_len: int
     prefix_len: int
-    prompt_ids: (
-        torch.Tensor
-    )  # [1, T]: the whole prompt (decoding processors read it, e.g. a repetition penalty)
+    # [1, T]: the whole prompt (decoding processors read it, e.g. a repetition penalty)
+    prompt_ids: torch.Tensor
     keys: list[torch.Tensor]  # per layer [1, H_kv, P, D]
     values: list[torch.Tensor]
     state: VARState  # sink-score components of the prefix, image positions
@@ -66,20 +65,12 @@ class Prepared:
         peak = {layer: next(it) for layer in layers}
         mean_sq = {layer: next(it) for layer in layers}
         keys, values = [next(it) for _ in range(n)], [next(it) for _ in range(n)]
-        # every other field of the state comes along as it is
+        # every other field of the entry and of its state comes along as it is
         moved = replace(
             state, visual=visual, candidate=candidate, image_end=image_end, peak=peak, mean_sq=mean_sq
         )
-        return Prepared(
-            example_id=self.example_id,
-            prompt_len=self.prompt_len,
-            prefix_len=self.prefix_len,
-            prompt_ids=prompt_ids,
-            keys=keys,
-            values=values,
-            state=moved,
-            suffix_positions=positions,
-            option_ids=self.option_ids,
+        return replace(
+            self, prompt_ids=prompt_ids, keys=keys, values=values, state=moved, suffix_positions=positions
         )
 
     @property

@@ -108,9 +108,8 @@ class SweepRecord:
 
 
 def _utc(moment: datetime) -> datetime:
-    return (
-        moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-    )  # SQLite hands back naive times
+    # SQLite hands back naive times
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _alembic_config(connection: Any) -> Any:

@@ -67,6 +67,9 @@ def check_mlflow(uri: str, *, children: int, invocations: int, git: bool = True)
         assert run.data.tags.get("mlflow.user") and run.data.tags.get("mlflow.source.name") == "main.py"
         assert bool(run.data.tags.get("mlflow.source.git.commit")) == git
     assert any(r.data.tags.get("varsweep.role") == "baseline" for r in trials)
+    acted = [r for r in trials if r.data.tags.get("varsweep.role") != "baseline"]  # VAR acted in them
+    assert acted and all(r.data.metrics["var.selected_share"] > 0 for r in acted)
+    assert any(r.data.metrics["var.mass_moved_per_row"] > 0 for r in acted)
     assert [r.data.tags.get("varsweep.best") for r in trials].count("true") >= 1
     assert study.info.status == "FINISHED" and "best_heldout" in study.data.metrics
     assert study.data.params.get("data_fingerprint") and study.data.params.get("n_heldout_groups")

@@ -68,9 +68,8 @@ def test_stopped_trials_are_pruned_never_best_and_rungs_are_shared(tmp_path):
         assert run.data.tags["varsweep.pruned"] == "true"
         assert int(run.data.tags["varsweep.examples_seen"]) == max(trial.intermediate_values)
         curve = client.get_metric_history(run.info.run_id, "accuracy")
-        assert [m.step for m in curve] == sorted(
-            trial.intermediate_values
-        )  # the rung curve, step = examples seen
+        # the rung curve, step = examples seen
+        assert [m.step for m in curve] == sorted(trial.intermediate_values)
         assert [m.value for m in curve] == [
             trial.intermediate_values[s] for s in sorted(trial.intermediate_values)
         ]

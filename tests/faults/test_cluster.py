@@ -35,9 +35,8 @@ def test_two_nodes_one_worker_each_and_a_node_lost_mid_sweep(tmp_path):
         )
         sweep.wait_for(r"trial \d+ \(")
         workers = re.findall(r"worker (\d+) ready on cpu, node (\w+)", sweep.text())
-        assert len(workers) == 2 and len({node for _, node in workers}) == 2, sweep.text()[
-            -3000:
-        ]  # one per node
+        # one per node
+        assert len(workers) == 2 and len({node for _, node in workers}) == 2, sweep.text()[-3000:]
         # lose a node that hosts a worker (not the head, where the driver's trials run)
         hosts = {head.node_of(int(pid)) for pid, _ in workers} - {head.node_manager_port, None}
         victim = next(iter(hosts))

@@ -122,9 +122,8 @@ def test_two_drivers_share_a_postgres_study_new_then_existing(tmp_path):
                 assert not [t for t in trials_now if t.state == State.RUNNING]
             runs = trial_runs(mlflow.uri)
             numbers = [int(r.data.tags["varsweep.trial"]) for r in runs]
-            assert sorted(numbers) == sorted(
-                t.number for t in trials_of(url)
-            )  # one run per trial, no duplicate
+            # one run per trial, no duplicate
+            assert sorted(numbers) == sorted(t.number for t in trials_of(url))
             assert [s.status for s in Store(url).sweeps(STUDY)] == ["completed"] * 4
     finally:
         mlflow.stop()

@@ -50,9 +50,8 @@ def test_every_trial_asks_for_the_same_slices_in_order_and_reports_each_rung(tas
         config = {"tau": 20.0, "rho": 0.9, "p": 0.4, "trial_number": number, "role": "search"}
         run_trial(config, actors=workers, task=task, metric="accuracy", convention="paper", rungs=rungs)
     expected = [("tuning", rungs.new_groups(r)) for r in range(len(rungs))]
-    assert all(
-        w.calls == expected * 2 for w in workers
-    )  # both trials, both workers: the same slices, in order
+    # both trials, both workers: the same slices, in order
+    assert all(w.calls == expected * 2 for w in workers)
     assert len(reports) == 2 * len(rungs)
     first = [TrialReport.from_result(r) for r in reports[: len(rungs)]]
     assert [r.examples_seen for r in first] == [2 * end for end in rungs.ends]  # two questions per pair

@@ -189,9 +189,8 @@ def test_float32_accurate_when_receivers_hold_almost_no_visual_mass(shift):
     error = (out.double() - exact).norm(dim=-1) / exact.norm(dim=-1)
     assert float(error.max()) < 1e-5, (float(ratio.min()), float(error.max()))
     assert torch.equal(masses.changed, reference_result.changed)
-    assert (
-        masses.changed.any() and float(masses.moved_mass.max()) > 0
-    )  # VAR acted, also at the smallest S / V
+    # VAR acted, also at the smallest S / V
+    assert masses.changed.any() and float(masses.moved_mass.max()) > 0
 
 
 def test_receivers_case_spans_s_over_v_from_1e_minus_9_to_1():

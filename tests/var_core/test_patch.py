@@ -116,9 +116,8 @@ def test_using_scopes_configurations_and_statistics_and_restores_the_handle(tiny
         assert run.stats.summary()["selected_share"] > 0
         assert (moved - unpatched).abs().max() > 1e-3
         assert handle.configs == (default,) and handle.enabled and not handle.collect_stats
-        assert (
-            handle.stats().summary()["mass_moved_per_row"] == 0.0
-        )  # the block's statistics stayed in the run
+        # the block's statistics stayed in the run
+        assert handle.stats().summary()["mass_moved_per_row"] == 0.0
         with handle.using([None]) as off:
             torch.testing.assert_close(logits_of(model, tiny_inputs), unpatched, atol=0, rtol=0)
         assert off.stats is None and handle.enabled

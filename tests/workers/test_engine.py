@@ -84,9 +84,8 @@ def test_option_choices_equal_full_prompt_run(case, mmvp):
         for result in results:
             if result.config is not None:
                 assert_var_acted(result.stats.summary())
-        assert engine.cache_stats.prepared == len(
-            mmvp.examples
-        )  # one prefix per example, whatever the configs
+        # one prefix per example, whatever the configs
+        assert engine.cache_stats.prepared == len(mmvp.examples)
     finally:
         engine.close()
 
@@ -222,9 +221,8 @@ def test_host_tier_budget_counts_what_the_copies_take(anyres, mmvp):
     finally:
         engine.close()
     copy, size = _to_host(entry, pin=False)
-    assert size >= entry.nbytes and size < entry.nbytes + 64 * len(
-        entry.tensors()
-    )  # one buffer, aligned views
+    # one buffer, aligned views
+    assert size >= entry.nbytes and size < entry.nbytes + 64 * len(entry.tensors())
     assert all(torch.equal(a, b) for a, b in zip(copy.tensors(), entry.tensors(), strict=True))
     assert [_pinned_size(n) for n in (1, 4096, 4097, 3 << 20)] == [1, 4096, 8192, 4 << 20]
     two = EvalEngine(model, processor, cache_bytes=1, host_cache_bytes=2 * size, host_tier=True)

@@ -95,9 +95,8 @@ class ImageRef:
 
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter(
-                    "ignore", Image.DecompressionBombWarning
-                )  # the limit here says it in one line
+                # the limit here says it in one line
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 with Image.open(self._source()) as image:
                     width, height = image.size
                     if max_pixels is not None and width * height > max_pixels:
