@@ -63,7 +63,7 @@ class Utilization:
     evaluations_per_second: float
     batch_sizes: dict[int, int]  # configurations per engine batch -> batches, all workers
     torch_in_trials: int  # trial processes that had torch loaded (should be 0: trials are thin)
-    first_call_after: float | None  # seconds from the search's start to the first trial reaching a worker
+    first_call_after: float | None  # seconds from the start of Tune to the first trial reaching a worker
 
     @classmethod
     def between(
@@ -75,8 +75,8 @@ class Utilization:
         seconds: float,
         torch_in_trials: int,
     ) -> Utilization:
-        """From the workers' counters before and after the search, which started at ``started`` (time.time())
-        and lasted ``seconds`` (a restarted worker counts from zero)."""
+        """From the workers' counters before and after the search, which lasted ``seconds``, its trials started
+        by Tune from ``started`` (time.time()) on (a restarted worker counts from zero)."""
         busy = evaluations = 0.0
         sizes: dict[int, int] = {}
         for old, new in zip(before, after, strict=True):
@@ -112,7 +112,8 @@ class SweepOutcome:
     mlflow_run_id: str | None
     mlflow_url: str  # the study's run in the MLflow UI (the server's, or `mlflow ui`'s on a local store)
     unlogged_runs: int
-    timings: dict[str, float]  # seconds: ray_start, model_load, prefixes, search, heldout, figures
+    # seconds: ray_start, model_load, trials_start, prefixes, search, heldout, figures (see _search_with)
+    timings: dict[str, float]
     utilization: Utilization | None  # None when no trial ran now
     comparison: PairedComparison  # the best configuration against VAR off on the held-out split
 
@@ -275,6 +276,12 @@ def _search_with(
     prefixes: Progress,
     trials: Progress,
 ) -> tuple[int, Utilization | None, dict[int, dict[str, list[list[float]]]]]:
+    """Tune starts its trial processes; a CPU worker computes its prefixes once the first trials' calls have come
+    (on a GPU at once), and those calls wait in the worker until then and meet there as one full batch. On the
+    same cores the trial processes' start (each imports Ray Tune) and the engine's threads would slow each other
+    down. The phases, in ``timings``: trials_start (from Tune's start to the prefixes' start: fixed, as the
+    trial processes serve trial after trial), search (from the prefixes' start to the last trial: prefix
+    preparation and every trial), prefixes (from the same start to the last prefix)."""
     from sweep.locks import database_lock, is_sqlite
     from sweep.trial import TrialReport
     from sweep.tuning import SearchHooks, completed_trials, run_search
@@ -334,10 +341,9 @@ def _search_with(
 
     tenth = _every_tenth(lambda done, total: log.info("prefixes: %d/%d %s", done, total, prefixes.line()))
     before = pool.counters()
-    started, clock = time.time(), time.perf_counter()
-    # the search starts its trial processes while the workers compute their prefixes; the first trials' calls wait
-    # in the workers until the prefixes are ready, and then meet there as one full batch
-    preparation = pool.start_preparing(on_prefixes)
+    first_calls = min(request.batch, request.trials - records.finished_before)
+    preparation = pool.start_preparing(on_prefixes, after_calls=first_calls)
+    tune_started = time.time()
     log.info("study %s: %d of %d trials done", plan.study_name, records.finished_before, request.trials)
     ran = run_search(
         study=study,
@@ -357,17 +363,27 @@ def _search_with(
         outage_timeout=settings.outage_timeout,
         url=settings.study_url,
     )
-    timings["search"] = time.perf_counter() - clock  # prefix preparation included: they overlap
-    timings["prefixes"] = preparation.wait()
-    log.info("prefixes prepared in %.1f s", timings["prefixes"])
+    ended = time.time()
+    preparation.release()  # a worker still waiting for calls (this driver's trials taken by others) goes on
+    preparation.wait()
+    after = pool.counters()
+    begun = min((c.prefixes_started for c in after if c.prefixes_started), default=ended)
+    timings["trials_start"] = begun - tune_started
+    timings["search"] = ended - begun
+    timings["prefixes"] = (preparation.done_at or ended) - begun
+    log.info(
+        "trial processes started in %.1f s; prefixes prepared in %.1f s",
+        timings["trials_start"],
+        timings["prefixes"],
+    )
     if not completed_trials(study):
         raise VarsweepError("no trial saw every tuning example; see the errors above")
     if not ran:
         return ran, None, layer_heads
     utilization = Utilization.between(
         before,
-        pool.counters(),
-        started=started,
+        after,
+        started=tune_started,
         seconds=timings["search"],
         torch_in_trials=len(torch_in_trials),
     )

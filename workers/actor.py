@@ -14,6 +14,7 @@ the calls that were in flight (``max_task_retries``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -60,6 +61,8 @@ class WorkerCounters:
     prepared: int  # prefixes computed
     prepare_seconds: float
     first_call: float | None  # wall-clock time (time.time()) of the first evaluate() call
+    # wall-clock time the computing of prefixes began (see ModelWorker.prepare)
+    prefixes_started: float | None
     parts: tuple[tuple[str, tuple[str, ...] | None], ...]  # the distinct (split, groups) calls asked for
 
 
@@ -124,6 +127,8 @@ class ModelWorker:
         self._evaluations = 0
         self._busy = 0.0
         self._first_call: float | None = None
+        self._prefixes_started: float | None = None
+        self._released = False
         self._parts: dict[tuple[str, tuple[str, ...] | None], None] = {}  # insertion-ordered set
 
     async def ready(self) -> dict[str, Any]:
@@ -144,12 +149,36 @@ class ModelWorker:
             "prepared": self.engine.cache_stats.prepared,
         }
 
-    async def prepare(self, splits: Sequence[str] | None = None) -> int:
-        """Compute the prefixes of this shard; returns how many examples are ready (see :meth:`counters`)."""
+    async def prepare(
+        self, splits: Sequence[str] | None = None, *, after_calls: int = 0, patience: float = 60.0
+    ) -> int:
+        """Compute the prefixes of this shard; returns how many examples are ready (see :meth:`counters`).
+
+        On a CPU, the computing starts once ``after_calls`` evaluate calls have arrived, :meth:`release` was
+        called, or ``patience`` seconds passed: the search's trial processes, which make the calls, start by
+        importing Ray Tune, and on the same cores that start and the engine's threads slow each other down. The
+        calls wait, and then meet as one batch. A GPU worker starts at once.
+        """
         examples = [e for split in (splits or list(self.shard)) for e in self.shard.get(split, [])]
         async with self._lock:
+            if self.device == "cpu":
+                await self._calls_arrived(after_calls, patience)
+            self._prefixes_started = self._prefixes_started or time.time()
             await self._busy_in(self.engine.prepare, self.task, examples)
         return len(examples)
+
+    async def release(self) -> None:
+        """A :meth:`prepare` waiting for calls starts now (no more are coming)."""
+        self._released = True
+        self._arrived.set()
+
+    async def _calls_arrived(self, calls: int, patience: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        while self._calls < calls and not self._released and loop.time() < deadline:
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), timeout=deadline - loop.time())
 
     async def evaluate(
         self, configs: list[VARConfig | None], split: str, groups: Sequence[str] | None = None
@@ -235,6 +264,7 @@ class ModelWorker:
             prepared=cache.prepared,
             prepare_seconds=cache.prepare_seconds,
             first_call=self._first_call,
+            prefixes_started=self._prefixes_started,
             parts=tuple(self._parts),
         )
 
@@ -243,14 +273,20 @@ class Preparation:
     """Prefixes being prepared on every worker of a pool; :meth:`wait` for the end (and any error)."""
 
     def __init__(
-        self, pool: WorkerPool, progress: Callable[[int, int], None] | None, *, interval: float = 0.5
+        self,
+        pool: WorkerPool,
+        progress: Callable[[int, int], None] | None,
+        *,
+        after_calls: int = 0,
+        interval: float = 0.5,
     ) -> None:
         import ray
 
-        self._refs = [a.prepare.remote() for a in pool.actors]
+        self._refs = [a.prepare.remote(after_calls=after_calls) for a in pool.actors]
         self._pool, self._progress, self._interval = pool, progress, interval
         self._started = time.perf_counter()
         self._seconds = 0.0  # set when the last worker is done
+        self.done_at: float | None = None  # wall-clock time (time.time()) the last worker was done
         self._error: BaseException | None = None
         self._thread = threading.Thread(
             target=self._follow, args=(ray,), name="varsweep-prefixes", daemon=True
@@ -266,12 +302,18 @@ class Preparation:
                 if remaining and self._progress is not None:
                     self._progress(min(total, sum(c.prepared for c in self._pool.counters())), total)
             ray.get(self._refs)  # raises a worker's error here
+            self.done_at = time.time()
             if self._progress is not None:
                 self._progress(total, total)
         except BaseException as e:  # handed to the caller of wait()
             self._error = e
         finally:
             self._seconds = time.perf_counter() - self._started
+
+    def release(self) -> None:
+        """Workers still waiting for calls before they compute start now (see :meth:`ModelWorker.release`)."""
+        for actor in self._pool.actors:
+            actor.release.remote()
 
     def wait(self) -> float:
         """Block until every prefix is ready; returns the seconds since the start, or raises a worker's error."""
@@ -367,14 +409,19 @@ class WorkerPool:
         self.start_preparing(progress).wait()
         return self.examples
 
-    def start_preparing(self, progress: Callable[[int, int], None] | None = None) -> Preparation:
+    def start_preparing(
+        self,
+        progress: Callable[[int, int], None] | None = None,
+        *,
+        after_calls: int = 0,
+    ) -> Preparation:
         """Start computing every worker's prefixes and return at once.
 
         ``progress(prefixes ready, prefixes)`` is called from a driver thread as they come. Calls made meanwhile
-        (the search's first trials) wait in the workers until their prefixes are ready, so the search can start
-        its trial processes while the workers compute.
+        (the search's first trials) wait in the workers until their prefixes are ready; a CPU worker starts
+        computing once ``after_calls`` of them have arrived (see :meth:`ModelWorker.prepare`).
         """
-        return Preparation(self, progress)
+        return Preparation(self, progress, after_calls=after_calls)
 
     def counters(self) -> list[WorkerCounters]:
         import ray

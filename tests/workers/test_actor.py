@@ -1,9 +1,11 @@
-"""ModelWorker on a real local Ray: readiness, fan-out in a stable order, micro-batching, restart after a crash."""
+"""ModelWorker on a real local Ray: readiness, fan-out in a stable order, micro-batching, restart after a crash, prefixes
+that wait for the first calls."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 import ray
@@ -84,5 +86,51 @@ def test_worker_restarts_and_rebuilds_its_cache(local_ray, task_ref):
         assert [r.choices for r in results] == want
         again = pool.ready(timeout=300)[0]
         assert again["pid"] != first["pid"] and again["prepared"] == len(task.examples)
+    finally:
+        pool.shutdown()
+
+
+def test_a_cpu_worker_computes_its_prefixes_once_the_first_calls_came_and_they_meet_in_one_batch(
+    local_ray, task_ref
+):
+    want, task = reference(task_ref)
+    pool = WorkerPool(model="tiny-llava", task=task_ref, splits={"all": task.examples}, workers=1)
+    try:
+        pool.ready(timeout=300)
+        actor = pool.actors[0]
+        preparation = pool.start_preparing(after_calls=len(CONFIGS))
+        time.sleep(
+            1.0
+        )  # an async actor may run calls out of order: prepare() takes the engine first, as in a sweep
+        first = [actor.evaluate.remote([config], "all") for config in CONFIGS[:-1]]
+        ray.wait(first, timeout=2.0)  # one call short: nothing is computed yet
+        waiting = ray.get(actor.counters.remote())
+        assert (
+            waiting.calls == len(CONFIGS) - 1 and waiting.prepared == 0 and waiting.prefixes_started is None
+        )
+        results = ray.get([*first, actor.evaluate.remote([CONFIGS[-1]], "all")])
+        preparation.wait()
+        counters = ray.get(actor.counters.remote())
+        assert counters.prepared == len(task.examples) and counters.prefixes_started is not None
+        assert counters.batch_sizes == {len(CONFIGS): 1}  # the calls that waited ran as one batch
+        assert [r.choices for (r,) in results] == want
+        assert results[1][0].stats.summary()["selected_share"] > 0  # VAR acted
+    finally:
+        pool.shutdown()
+
+
+def test_release_starts_a_worker_that_waits_for_calls_that_will_not_come(local_ray, task_ref):
+    task = task_ref.load()
+    pool = WorkerPool(model="tiny-llava", task=task_ref, splits={"all": task.examples}, workers=1)
+    try:
+        pool.ready(timeout=300)
+        preparation = pool.start_preparing(after_calls=100)
+        assert ray.get(pool.actors[0].counters.remote()).prefixes_started is None  # waiting for calls
+        released = time.time()
+        preparation.release()
+        preparation.wait()
+        counters = ray.get(pool.actors[0].counters.remote())
+        assert counters.prepared == len(task.examples) and counters.calls == 0
+        assert counters.prefixes_started - released < 30  # released, not the 60 s a worker waits at most
     finally:
         pool.shutdown()
