@@ -39,6 +39,12 @@ class Progress:
         """Whether this progress is a bar (else the caller logs :meth:`line`)."""
         return self._bar is not None
 
+    def begin(self) -> None:
+        """Start the clock now (the step was waiting for something else until now)."""
+        self.started = time.monotonic()
+        if self._bar is not None:
+            self._bar.reset(total=self.total)
+
     def advance(self, steps: int = 1, *, best: str | None = None) -> None:
         self.done = min(self.total, self.done + steps)
         self.best = best if best is not None else self.best

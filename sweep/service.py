@@ -330,7 +330,14 @@ def _search_with(
         log.warning("trial %d failed: %s", number, reason)
         mlflow_thread.submit(tracker.fail_trial, number)
 
+    computing = False
+
     def on_prefixes(done: int, total: int) -> None:
+        nonlocal computing
+        # the first report: the workers began computing (on a CPU they waited for the first calls)
+        if not computing:
+            computing = True
+            prefixes.begin()
         prefixes.set(done)
         if not prefixes.drawn:
             tenth(done, total)
@@ -345,6 +352,12 @@ def _search_with(
     preparation = pool.start_preparing(on_prefixes, after_calls=first_calls)
     tune_started = time.time()
     log.info("study %s: %d of %d trials done", plan.study_name, records.finished_before, request.trials)
+    if pool.device == "cpu":
+        log.info(
+            "starting %d trial processes; the worker computes its %d prefixes once they are up",
+            first_calls,
+            pool.examples,
+        )
     ran = run_search(
         study=study,
         space=plan.space,
