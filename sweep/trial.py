@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 from sweep.fidelity import Rungs
 from sweep.search import config_from_params
 from var_core.config import Convention
 from var_core.stats import VARStats
+from workers.calls import get_resending
 from workers.results import merge_results
 
 __all__ = [
@@ -124,20 +125,12 @@ def _evaluate_on_every_worker(actors: list[Any], var_config: Any, groups: Any) -
     """Each worker's results for one configuration. A call that reached a worker Ray is restarting fails with
     ActorUnavailableError (Ray does not know whether it ran); evaluating is idempotent, so it is sent again until
     the worker is back (at most RESTART_PATIENCE seconds)."""
-    import ray
-    from ray.exceptions import ActorUnavailableError
 
-    refs = [a.evaluate.remote([var_config], "tuning", groups) for a in actors]
-    results = []
-    for actor, ref in zip(actors, refs, strict=True):
-        deadline = time.monotonic() + RESTART_PATIENCE
-        while True:
-            try:
-                results.append(ray.get(ref))
-                break
-            except ActorUnavailableError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1.0)
-                ref = actor.evaluate.remote([var_config], "tuning", groups)
-    return results
+    def call(actor: Any) -> Any:
+        return actor.evaluate.remote([var_config], "tuning", groups)
+
+    refs = [call(a) for a in actors]  # every worker computes at once
+    return [
+        get_resending(ref, partial(call, actor), RESTART_PATIENCE)
+        for actor, ref in zip(actors, refs, strict=True)
+    ]

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from var_core.config import VARConfig
 from var_core.errors import VarsweepError
+from workers.calls import get_resending
 from workers.results import ConfigResult, merge_results
 
 __all__ = ["TaskRef", "ModelWorker", "WorkerPool", "WorkerCounters", "PlacementError", "merge_results"]
@@ -428,10 +429,10 @@ class WorkerPool:
         """
         return Preparation(self, progress, after_calls=after_calls)
 
-    def counters(self) -> list[WorkerCounters]:
-        import ray
-
-        return ray.get([a.counters.remote() for a in self.actors])
+    def counters(self, patience: float = 600.0) -> list[WorkerCounters]:
+        """Every worker's counters; a worker Ray is restarting is asked again for up to ``patience`` seconds (the
+        driver's handle may still point at the process that was lost)."""
+        return [get_resending(a.counters.remote(), a.counters.remote, patience) for a in self.actors]
 
     def evaluate(self, configs: Sequence[VARConfig | None], split: str) -> list[Any]:
         """Every configuration on every worker's shard of ``split``, merged, in the order of ``configs``."""
