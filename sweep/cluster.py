@@ -22,9 +22,16 @@ from sweep.settings import Settings, redact_url
 __all__ = ["RayConnection", "connect_ray", "local_ray_environment", "worker_pool", "cores"]
 
 log = logging.getLogger("varsweep")
-LOCAL_STARTUP_CONCURRENCY = (
-    64  # worker processes a local Ray starts at once: a batch's trial processes, and more
-)
+# what a local Ray (no RAY_ADDRESS) is started with; Ray reads it when it is imported
+LOCAL_RAY_ENVIRONMENT = {
+    # every listener on loopback
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    # no token authentication, which guards a Ray that others can reach
+    "RAY_AUTH_MODE": "disabled",
+    # worker processes started at once: the raylet expects no more than CPUs, and warns on the console ("N PYTHON
+    # worker processes have been started ...") when a batch's trial processes (no CPU each) start together
+    "RAY_worker_maximum_startup_concurrency": "64",
+}
 
 
 def cores() -> int:
@@ -32,15 +39,11 @@ def cores() -> int:
 
 
 def local_ray_environment(settings: Settings) -> None:
-    """For a local Ray (no ``RAY_ADDRESS``): every listener on loopback, and no token authentication, which guards
-    a Ray that others can reach; and the trial processes of a batch start at once. Ray reads this when it is
-    imported: call it before anything imports ray."""
+    """For a local Ray (no ``RAY_ADDRESS``): :data:`LOCAL_RAY_ENVIRONMENT`, where the environment does not say
+    otherwise. Ray reads it when it is imported: call this before anything imports ray."""
     if settings.ray_address is None:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        # the raylet expects no more worker processes starting at once than CPUs, and warns on the console
-        # ("N PYTHON worker processes have been started ...") when a batch's trial processes (no CPU each) do
-        os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(LOCAL_STARTUP_CONCURRENCY))
+        for name, value in LOCAL_RAY_ENVIRONMENT.items():
+            os.environ.setdefault(name, value)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ import pytest
 import torch
 from support import CASES, PRESETS, TEST_THREADS, build_prompt, loaded, make_image
 
+from sweep.cluster import LOCAL_RAY_ENVIRONMENT
+
 torch.set_num_threads(TEST_THREADS)
 
 
@@ -34,11 +36,7 @@ def _local_ray_environment_stays_in_its_test(monkeypatch):
     """An in-process sweep sets Ray's variables for a local Ray (sweep.cluster.local_ray_environment) in this
     process's environment; they are taken back after each test, so a later test's multi-node Ray in the same
     process (pytest-xdist runs many tests per process) does not inherit a single-node switch."""
-    for name in (
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
-        "RAY_AUTH_MODE",
-        "RAY_worker_maximum_startup_concurrency",
-    ):
+    for name in LOCAL_RAY_ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
 
 

@@ -79,6 +79,16 @@ def _kill_tree_by_marker(marker: str) -> None:
                 os.kill(int(pid), signal.SIGKILL)
 
 
+def run_python(*args: str, cwd: Path, env: dict[str, str], timeout: float = 600) -> str:
+    """``python *args`` (this interpreter) in ``cwd``: asserts that it succeeded, returns what it printed (stdout,
+    then stderr)."""
+    out = subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout + out.stderr
+
+
 class RayHead:
     """``ray start --head`` on loopback with free ports and a temp dir of its own."""
 

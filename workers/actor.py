@@ -14,7 +14,6 @@ the calls that were in flight (``max_task_retries``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import threading
@@ -179,9 +178,16 @@ class ModelWorker:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + patience
         while self._calls < calls and not self._released and loop.time() < deadline:
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), timeout=deadline - loop.time())
+            await self._arrival(deadline - loop.time())
+
+    async def _arrival(self, timeout: float) -> bool:
+        """Whether a call (or :meth:`release`) arrives within ``timeout`` seconds from now."""
+        self._arrived.clear()
+        try:
+            await asyncio.wait_for(self._arrived.wait(), timeout=timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def evaluate(
         self, configs: list[VARConfig | None], split: str, groups: Sequence[str] | None = None
@@ -211,13 +217,8 @@ class ModelWorker:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.gather_max
         while sum(len(configs) for configs, _, _ in self._pending) < self.max_batch:
-            self._arrived.clear()
             wait = min(self.gather_idle, deadline - loop.time())
-            if wait <= 0:
-                return
-            try:
-                await asyncio.wait_for(self._arrived.wait(), timeout=wait)
-            except TimeoutError:
+            if wait <= 0 or not await self._arrival(wait):
                 return
 
     async def _run_pending(self) -> None:
@@ -287,8 +288,6 @@ class Preparation:
 
         self._refs = [a.prepare.remote(after_calls=after_calls) for a in pool.actors]
         self._pool, self._progress, self._interval = pool, progress, interval
-        self._started = time.perf_counter()
-        self._seconds = 0.0  # set when the last worker is done
         self.done_at: float | None = None  # wall-clock time (time.time()) the last worker was done
         self._error: BaseException | None = None
         self._thread = threading.Thread(
@@ -312,20 +311,17 @@ class Preparation:
                 self._progress(total, total)
         except BaseException as e:  # handed to the caller of wait()
             self._error = e
-        finally:
-            self._seconds = time.perf_counter() - self._started
 
     def release(self) -> None:
         """Workers still waiting for calls before they compute start now (see :meth:`ModelWorker.release`)."""
         for actor in self._pool.actors:
             actor.release.remote()
 
-    def wait(self) -> float:
-        """Block until every prefix is ready; returns the seconds since the start, or raises a worker's error."""
+    def wait(self) -> None:
+        """Block until every prefix is ready (:attr:`done_at`), or raise a worker's error."""
         self._thread.join()
         if self._error is not None:
             raise self._error
-        return self._seconds
 
 
 class PlacementError(VarsweepError, RuntimeError):
@@ -432,7 +428,10 @@ class WorkerPool:
     def counters(self, patience: float = 600.0) -> list[WorkerCounters]:
         """Every worker's counters; a worker Ray is restarting is asked again for up to ``patience`` seconds (the
         driver's handle may still point at the process that was lost)."""
-        return [get_resending(a.counters.remote(), a.counters.remote, patience) for a in self.actors]
+        refs = [a.counters.remote() for a in self.actors]  # all asked at once
+        return [
+            get_resending(ref, a.counters.remote, patience) for a, ref in zip(self.actors, refs, strict=True)
+        ]
 
     def evaluate(self, configs: Sequence[VARConfig | None], split: str) -> list[Any]:
         """Every configuration on every worker's shard of ``split``, merged, in the order of ``configs``."""

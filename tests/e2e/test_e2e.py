@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
-from services import REPO, MlflowServer, RayHead, postgres_database
+from services import REPO, MlflowServer, RayHead, postgres_database, run_python
 
 from sweep.store import Store
 
@@ -84,16 +82,7 @@ def test_embedded_defaults_no_servers(tmp_path):
     (workdir / "examples").symlink_to(REPO / "examples")
 
     def run(trials: int) -> str:
-        out = subprocess.run(
-            [sys.executable, str(REPO / "sweep" / "main.py"), *sweep_command(trials)[2:]],
-            cwd=workdir,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert out.returncode == 0, out.stderr[-3000:]
-        return out.stdout + out.stderr
+        return run_python(str(REPO / "sweep" / "main.py"), *sweep_command(trials)[2:], cwd=workdir, env=env)
 
     first = run(4)
     assert re.search(r"4 trials \(4 run now\)", first), first[-2000:]

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from services import run_python
 
 from sweep.cluster import cores
 
@@ -17,17 +16,17 @@ WARNING = "worker processes have been started"
 # 16 thin processes (no CPU each, importing Ray Tune as a trial process does) start at once on a local Ray
 START_A_BATCH = textwrap.dedent(
     """
+    import os
     import sys
-    from sweep.cluster import connect_ray, local_ray_environment
+    from sweep.cluster import LOCAL_RAY_ENVIRONMENT, connect_ray, local_ray_environment
     from sweep.settings import Settings
 
     settings = Settings()
     if sys.argv[1] == "sweep":
         local_ray_environment(settings)
-    else:  # what a bare local Ray does
-        import os
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-        os.environ["RAY_AUTH_MODE"] = "disabled"
+    else:  # the same local Ray without the startup setting
+        os.environ.update(LOCAL_RAY_ENVIRONMENT)
+        del os.environ["RAY_worker_maximum_startup_concurrency"]
     import ray
     connect_ray(settings)
 
@@ -48,16 +47,7 @@ START_A_BATCH = textwrap.dedent(
 
 def start_a_batch(how: str, tmp_path) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    out = subprocess.run(
-        [sys.executable, "-c", START_A_BATCH, how],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    return out.stdout + out.stderr
+    return run_python("-c", START_A_BATCH, how, cwd=tmp_path, env=env, timeout=240)
 
 
 def test_a_batch_of_trial_processes_starts_without_the_raylet_warning(tmp_path):
