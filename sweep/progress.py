@@ -40,7 +40,7 @@ class Progress:
         return self._bar is not None
 
     def begin(self) -> None:
-        """Start the clock now (the step was waiting for something else until now)."""
+        """Start the clock now (the step waited for another one until now)."""
         self.started = time.monotonic()
         if self._bar is not None:
             self._bar.reset(total=self.total)

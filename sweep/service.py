@@ -5,8 +5,8 @@
 1. :mod:`sweep.plan` checks the request and plans the sweep (nothing is written before it succeeds).
 2. :mod:`sweep.records` opens the store, the study and MLflow, takes the driver's lease, and closes them whatever
    happens.
-3. :mod:`sweep.cluster` joins (or starts) Ray and places the ModelWorkers; they prepare their prefixes while the
-   search starts its trial processes.
+3. :mod:`sweep.cluster` joins (or starts) Ray and places the ModelWorkers; they prepare their prefixes before the
+   search starts its trial processes (on a GPU while it starts them).
 4. :mod:`sweep.tuning` runs the search (Ray Tune + Optuna) over :mod:`sweep.trial`'s thin trials; the hooks here
    write each trial's MLflow run, off Tune's loop.
 5. :mod:`sweep.confirm` puts the best configuration against VAR off on the held-out split.
@@ -251,8 +251,8 @@ def _search(
     timings: dict[str, float],
     workdir: Path,
 ) -> tuple[int, Utilization | None, dict[int, dict[str, list[list[float]]]]]:
-    """The search phase: prefixes prepared while the trials start; returns (trials run, utilization, the
-    layer x head statistics of the trials reported)."""
+    """The search phase: the prefixes, then the trials; returns (trials run, utilization, the layer x head
+    statistics of the trials reported)."""
     with bars() as drawn:
         prefixes = Progress("prefixes", pool.examples, bar=drawn)
         trials = Progress("trials", plan.request.trials - records.finished_before, bar=drawn)
@@ -276,12 +276,9 @@ def _search_with(
     prefixes: Progress,
     trials: Progress,
 ) -> tuple[int, Utilization | None, dict[int, dict[str, list[list[float]]]]]:
-    """Tune starts its trial processes; a CPU worker computes its prefixes once the first trials' calls have come
-    (on a GPU at once), and those calls wait in the worker until then and meet there as one full batch. On the
-    same cores the trial processes' start (each imports Ray Tune) and the engine's threads would slow each other
-    down. The phases, in ``timings``: trials_start (from Tune's start to the prefixes' start: fixed, as the
-    trial processes serve trial after trial), search (from the prefixes' start to the last trial: prefix
-    preparation and every trial), prefixes (from the same start to the last prefix)."""
+    """The workers compute their prefixes, then Tune starts its trial processes (on a GPU both at once: the
+    trial processes start on the CPUs while the GPU computes); each worker's first batch waits for the first
+    trials' calls, which meet there as one full batch. Phases in ``timings``: see :func:`_search_phases`."""
     from sweep.locks import database_lock, is_sqlite
     from sweep.trial import TrialReport
     from sweep.tuning import SearchHooks, completed_trials, run_search
@@ -330,14 +327,7 @@ def _search_with(
         log.warning("trial %d failed: %s", number, reason)
         mlflow_thread.submit(tracker.fail_trial, number)
 
-    computing = False
-
     def on_prefixes(done: int, total: int) -> None:
-        nonlocal computing
-        # the first report: the workers began computing (on a CPU they waited for the first calls)
-        if not computing:
-            computing = True
-            prefixes.begin()
         prefixes.set(done)
         if not prefixes.drawn:
             tenth(done, total)
@@ -349,15 +339,15 @@ def _search_with(
     tenth = _every_tenth(lambda done, total: log.info("prefixes: %d/%d %s", done, total, prefixes.line()))
     before = pool.counters()
     first_calls = min(request.batch, request.trials - records.finished_before)
-    preparation = pool.start_preparing(on_prefixes, after_calls=first_calls)
-    tune_started = time.time()
     log.info("study %s: %d of %d trials done", plan.study_name, records.finished_before, request.trials)
+    preparation = pool.start_preparing(on_prefixes, first_batch=first_calls)
     if pool.device == "cpu":
-        log.info(
-            "starting %d trial processes; the worker computes its %d prefixes once they are up",
-            first_calls,
-            pool.examples,
-        )
+        # on the cores the engine computes on, the trial processes' start (each imports Ray Tune) and, once up,
+        # their idle wakeups slow the engine down (measured: prefixes 26-28 s alone, 34-35 s beside 16 of them)
+        preparation.wait()
+        log.info("prefixes prepared; starting %d trial processes", first_calls)
+    tune_started = time.time()
+    trials.begin()  # the trials' clock (and ETA) starts with Tune, not with the prefixes
     ran = run_search(
         study=study,
         space=plan.space,
@@ -377,17 +367,13 @@ def _search_with(
         url=settings.study_url,
     )
     ended = time.time()
-    preparation.release()  # a worker still waiting for calls (this driver's trials taken by others) goes on
     preparation.wait()
     after = pool.counters()
-    begun = min((c.prefixes_started for c in after if c.prefixes_started), default=ended)
-    timings["trials_start"] = begun - tune_started
-    timings["search"] = ended - begun
-    timings["prefixes"] = (preparation.done_at or ended) - begun
+    timings.update(_search_phases(after, tune_started, preparation.done_at or ended, ended))
     log.info(
-        "trial processes started in %.1f s; prefixes prepared in %.1f s",
-        timings["trials_start"],
+        "prefixes prepared in %.1f s; trial processes started in %.1f s",
         timings["prefixes"],
+        timings["trials_start"],
     )
     if not completed_trials(study):
         raise VarsweepError("no trial saw every tuning example; see the errors above")
@@ -415,6 +401,23 @@ def _search_with(
             "%d trial process(es) had torch loaded: trials are meant to be thin", len(torch_in_trials)
         )
     return ran, utilization, layer_heads
+
+
+def _search_phases(
+    counters: Sequence[Any], tune_started: float, prefixes_done: float, ended: float
+) -> dict[str, float]:
+    """The search's phases, in seconds, from the workers' clocks (time.time()): ``prefixes`` (from their start to
+    the last prefix), ``trials_start`` (from Tune's start to the first batch, the part the prefixes did not
+    cover: fixed, as the trial processes serve trial after trial) and ``search`` (prefixes and every trial, that
+    start left out)."""
+    began = min((c.prefixes_started for c in counters if c.prefixes_started), default=tune_started)
+    first_batch = min((c.first_batch_started for c in counters if c.first_batch_started), default=ended)
+    trials_start = max(0.0, first_batch - max(tune_started, prefixes_done))
+    return {
+        "prefixes": prefixes_done - began,
+        "trials_start": trials_start,
+        "search": ended - began - trials_start,
+    }
 
 
 def _record(

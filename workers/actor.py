@@ -61,8 +61,8 @@ class WorkerCounters:
     prepared: int  # prefixes computed
     prepare_seconds: float
     first_call: float | None  # wall-clock time (time.time()) of the first evaluate() call
-    # wall-clock time the computing of prefixes began (see ModelWorker.prepare)
-    prefixes_started: float | None
+    prefixes_started: float | None  # wall-clock time the computing of prefixes began
+    first_batch_started: float | None  # wall-clock time the first engine batch of evaluate() calls began
     parts: tuple[tuple[str, tuple[str, ...] | None], ...]  # the distinct (split, groups) calls asked for
 
 
@@ -130,7 +130,11 @@ class ModelWorker:
         self._busy = 0.0
         self._first_call: float | None = None
         self._prefixes_started: float | None = None
-        self._released = False
+        self._first_batch_started: float | None = None
+        self._first_batch = (
+            0,
+            0.0,
+        )  # (calls received that the next batch waits for, seconds at most): prepare()
         self._parts: dict[tuple[str, tuple[str, ...] | None], None] = {}  # insertion-ordered set
 
     async def ready(self) -> dict[str, Any]:
@@ -152,36 +156,31 @@ class ModelWorker:
         }
 
     async def prepare(
-        self, splits: Sequence[str] | None = None, *, after_calls: int = 0, patience: float = 60.0
+        self, splits: Sequence[str] | None = None, *, first_batch: int = 0, patience: float = 60.0
     ) -> int:
         """Compute the prefixes of this shard; returns how many examples are ready (see :meth:`counters`).
 
-        On a CPU, the computing starts once ``after_calls`` evaluate calls have arrived, :meth:`release` was
-        called, or ``patience`` seconds passed: the search's trial processes, which make the calls, start by
-        importing Ray Tune, and on the same cores that start and the engine's threads slow each other down. The
-        calls wait, and then meet as one batch. A GPU worker starts at once.
+        ``first_batch``: the first engine batch after them waits until that many evaluate calls have arrived (or
+        ``patience`` seconds passed): the search's trial processes come up one by one, and their first calls are
+        meant to meet as one batch rather than run in the pieces the gather window would cut.
         """
         examples = [e for split in (splits or list(self.shard)) for e in self.shard.get(split, [])]
+        calls_before = self._calls
         async with self._lock:
-            if self.device == "cpu":
-                await self._calls_arrived(after_calls, patience)
             self._prefixes_started = self._prefixes_started or time.time()
             await self._busy_in(self.engine.prepare, self.task, examples)
+            self._first_batch = (calls_before + first_batch, patience)
         return len(examples)
 
-    async def release(self) -> None:
-        """A :meth:`prepare` waiting for calls starts now (no more are coming)."""
-        self._released = True
-        self._arrived.set()
-
     async def _calls_arrived(self, calls: int, patience: float) -> None:
+        """Wait until ``calls`` evaluate calls have been received in all, ``patience`` seconds at most."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + patience
-        while self._calls < calls and not self._released and loop.time() < deadline:
+        while self._calls < calls and loop.time() < deadline:
             await self._arrival(deadline - loop.time())
 
     async def _arrival(self, timeout: float) -> bool:
-        """Whether a call (or :meth:`release`) arrives within ``timeout`` seconds from now."""
+        """Whether a call arrives within ``timeout`` seconds from now."""
         self._arrived.clear()
         try:
             await asyncio.wait_for(self._arrived.wait(), timeout=timeout)
@@ -208,6 +207,9 @@ class ModelWorker:
         self._arrived.set()
         async with self._lock:
             if not future.done():
+                calls, patience = self._first_batch
+                self._first_batch = (0, 0.0)
+                await self._calls_arrived(calls, patience)
                 await self._gather()
                 await self._run_pending()
         return await future
@@ -231,6 +233,7 @@ class ModelWorker:
             wanted = None if groups is None else set(groups)
             examples = [e for e in self.shard[split] if wanted is None or e.group in wanted]
             self._batch_sizes[len(flat)] += 1
+            self._first_batch_started = self._first_batch_started or time.time()
             try:
                 results = await self._busy_in(self.engine.evaluate, self.task, flat, examples)
             except Exception as e:  # delivered to every waiting caller, which re-raises it
@@ -269,6 +272,7 @@ class ModelWorker:
             prepare_seconds=cache.prepare_seconds,
             first_call=self._first_call,
             prefixes_started=self._prefixes_started,
+            first_batch_started=self._first_batch_started,
             parts=tuple(self._parts),
         )
 
@@ -281,12 +285,12 @@ class Preparation:
         pool: WorkerPool,
         progress: Callable[[int, int], None] | None,
         *,
-        after_calls: int = 0,
+        first_batch: int = 0,
         interval: float = 0.5,
     ) -> None:
         import ray
 
-        self._refs = [a.prepare.remote(after_calls=after_calls) for a in pool.actors]
+        self._refs = [a.prepare.remote(first_batch=first_batch) for a in pool.actors]
         self._pool, self._progress, self._interval = pool, progress, interval
         self.done_at: float | None = None  # wall-clock time (time.time()) the last worker was done
         self._error: BaseException | None = None
@@ -301,21 +305,14 @@ class Preparation:
             remaining = list(self._refs)
             while remaining:
                 _, remaining = ray.wait(remaining, num_returns=len(remaining), timeout=self._interval)
-                counters = self._pool.counters() if remaining and self._progress is not None else []
-                # nothing to report while a worker waits for calls
-                if any(c.prefixes_started for c in counters):
-                    self._progress(min(total, sum(c.prepared for c in counters)), total)
+                if remaining and self._progress is not None:
+                    self._progress(min(total, sum(c.prepared for c in self._pool.counters())), total)
             ray.get(self._refs)  # raises a worker's error here
             self.done_at = time.time()
             if self._progress is not None:
                 self._progress(total, total)
         except BaseException as e:  # handed to the caller of wait()
             self._error = e
-
-    def release(self) -> None:
-        """Workers still waiting for calls before they compute start now (see :meth:`ModelWorker.release`)."""
-        for actor in self._pool.actors:
-            actor.release.remote()
 
     def wait(self) -> None:
         """Block until every prefix is ready (:attr:`done_at`), or raise a worker's error."""
@@ -414,16 +411,15 @@ class WorkerPool:
         self,
         progress: Callable[[int, int], None] | None = None,
         *,
-        after_calls: int = 0,
+        first_batch: int = 0,
     ) -> Preparation:
         """Start computing every worker's prefixes and return at once.
 
-        ``progress(prefixes ready, prefixes)`` is called from a driver thread as they come, from the moment a
-        worker starts computing them. Calls made meanwhile
-        (the search's first trials) wait in the workers until their prefixes are ready; a CPU worker starts
-        computing once ``after_calls`` of them have arrived (see :meth:`ModelWorker.prepare`).
+        ``progress(prefixes ready, prefixes)`` is called from a driver thread as they come. Calls made meanwhile
+        wait in the workers until their prefixes are ready; each worker's first batch after them waits for
+        ``first_batch`` calls (see :meth:`ModelWorker.prepare`).
         """
-        return Preparation(self, progress, after_calls=after_calls)
+        return Preparation(self, progress, first_batch=first_batch)
 
     def counters(self, patience: float = 600.0) -> list[WorkerCounters]:
         """Every worker's counters; a worker Ray is restarting is asked again for up to ``patience`` seconds (the

@@ -90,7 +90,7 @@ def test_worker_restarts_and_rebuilds_its_cache(local_ray, task_ref):
         pool.shutdown()
 
 
-def test_a_cpu_worker_computes_its_prefixes_once_the_first_calls_came_and_they_meet_in_one_batch(
+def test_the_first_batch_after_the_prefixes_waits_for_the_first_calls_and_they_meet_in_one_batch(
     local_ray, task_ref
 ):
     want, task = reference(task_ref)
@@ -98,39 +98,36 @@ def test_a_cpu_worker_computes_its_prefixes_once_the_first_calls_came_and_they_m
     try:
         pool.ready(timeout=300)
         actor = pool.actors[0]
-        preparation = pool.start_preparing(after_calls=len(CONFIGS))
-        time.sleep(
-            1.0
-        )  # an async actor may run calls out of order: prepare() takes the engine first, as in a sweep
+        pool.start_preparing(first_batch=len(CONFIGS)).wait()
+        prepared = ray.get(actor.counters.remote())
+        assert prepared.prepared == len(task.examples) and prepared.prefixes_started is not None
         first = [actor.evaluate.remote([config], "all") for config in CONFIGS[:-1]]
-        ray.wait(first, timeout=2.0)  # one call short: nothing is computed yet
+        # one call short, for longer than the gather window (2 s at most): no batch has run
+        ready, _ = ray.wait(first, timeout=4.0)
         waiting = ray.get(actor.counters.remote())
-        assert (
-            waiting.calls == len(CONFIGS) - 1 and waiting.prepared == 0 and waiting.prefixes_started is None
-        )
+        assert not ready and waiting.calls == len(CONFIGS) - 1 and waiting.batches == 0
+        assert waiting.first_batch_started is None
         results = ray.get([*first, actor.evaluate.remote([CONFIGS[-1]], "all")])
-        preparation.wait()
         counters = ray.get(actor.counters.remote())
-        assert counters.prepared == len(task.examples) and counters.prefixes_started is not None
         assert counters.batch_sizes == {len(CONFIGS): 1}  # the calls that waited ran as one batch
+        assert counters.first_batch_started is not None
         assert [r.choices for (r,) in results] == want
         assert results[1][0].stats.summary()["selected_share"] > 0  # VAR acted
     finally:
         pool.shutdown()
 
 
-def test_release_starts_a_worker_that_waits_for_calls_that_will_not_come(local_ray, task_ref):
-    task = task_ref.load()
+def test_a_first_batch_whose_calls_do_not_all_come_runs_after_its_patience(local_ray, task_ref):
+    want, task = reference(task_ref)
     pool = WorkerPool(model="tiny-llava", task=task_ref, splits={"all": task.examples}, workers=1)
     try:
         pool.ready(timeout=300)
-        preparation = pool.start_preparing(after_calls=100)
-        assert ray.get(pool.actors[0].counters.remote()).prefixes_started is None  # waiting for calls
-        released = time.time()
-        preparation.release()
-        preparation.wait()
-        counters = ray.get(pool.actors[0].counters.remote())
-        assert counters.prepared == len(task.examples) and counters.calls == 0
-        assert counters.prefixes_started - released < 30  # released, not the 60 s a worker waits at most
+        actor = pool.actors[0]
+        ray.get(actor.prepare.remote(first_batch=100, patience=3.0))
+        sent = time.time()
+        (result,) = ray.get(actor.evaluate.remote([CONFIGS[1]], "all"), timeout=60)
+        counters = ray.get(actor.counters.remote())
+        assert counters.batch_sizes == {1: 1} and counters.first_batch_started - sent >= 2.9
+        assert result.choices == want[1] and result.stats.summary()["selected_share"] > 0  # VAR acted
     finally:
         pool.shutdown()
