@@ -6,8 +6,8 @@ written by ``workers.synthetic.write_mmvp_folder`` (holdout 0.3: 22 tuning and 1
 
 * sweep: the real service, ``run_sweep`` with a local Ray, the embedded stores (SQLite study and store, SQLite
   MLflow) in a temporary folder, one worker. Its phases are timed by the service itself: Ray start, model load,
-  Tune's start of its trial processes (the worker computes its prefixes once their first calls have come),
-  prefix preparation + search, held-out confirmation and the end-of-sweep figures.
+  Tune's start of its trial processes (on a CPU once the prefixes are ready; the worker's first batch waits for
+  their first calls), prefix preparation + search, held-out confirmation and the end-of-sweep figures.
 * engine alone: the same model in this process, a fresh ``EvalEngine``: the same 32 prefixes, then the sweep's 48
   configurations (read back from its study, in trial order) in batches of ``--batch`` on the 22 tuning examples.
 * naive: one full-prompt forward per (configuration, example), vision tower included, same patched model and
