@@ -8,10 +8,11 @@ the sweep's own lines, and a worker's error reaches the driver as the failed cal
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,16 +55,27 @@ class RayConnection:
     local: bool
     owned: bool
 
-    def close_in_background(self) -> threading.Thread | None:
+    def close_in_background(self) -> Callable[[], None] | None:
         """Disconnect (and stop a local Ray: its processes take seconds to exit) on a thread of its own, so the
-        sweep's last steps, which need no Ray, go on meanwhile; join the thread returned before exiting."""
+        sweep's last steps, which need no Ray, go on meanwhile; returns the function that waits for the end, to
+        call before exiting."""
         if not self.owned:
             return None
         import ray
 
+        # Ray objects left in reference cycles (Tune's) that a garbage collection on this thread frees while Ray
+        # shuts down on the other reach a closed core worker, which ends the process (seen: exit 1 after the
+        # held-out comparison): collect them now, while Ray is connected, and not again until it is closed
+        gc.collect()
+        gc.disable()
         closing = threading.Thread(target=ray.shutdown, name="varsweep-ray-shutdown")
         closing.start()
-        return closing
+
+        def wait() -> None:
+            closing.join()
+            gc.enable()
+
+        return wait
 
 
 def connect_ray(settings: Settings) -> RayConnection:

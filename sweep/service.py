@@ -177,7 +177,7 @@ def _sweep(plan: SweepPlan, records: SweepRecords, settings: Settings, workdir: 
     timings: dict[str, float] = {}
     # MLflow calls (and the files they upload) run on this thread, in order, so Tune's loop never waits on them
     mlflow_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="varsweep-mlflow")
-    closing = None
+    wait_closed = None
     try:
         clock = time.perf_counter()
         connection = connect_ray(settings)
@@ -204,7 +204,7 @@ def _sweep(plan: SweepPlan, records: SweepRecords, settings: Settings, workdir: 
             clock = time.perf_counter()
             confirmation = confirm(plan, records.study, pool)
             timings["heldout"] = time.perf_counter() - clock
-        closing = connection.close_in_background()  # the workers are gone; nothing below needs Ray
+        wait_closed = connection.close_in_background()  # the workers are gone; nothing below needs Ray
         clock = time.perf_counter()
         mlflow_thread.shutdown(wait=True)  # every trial's run is written before the study's figures
         best_run = tracker.find_trial(confirmation.best.number)
@@ -214,8 +214,8 @@ def _sweep(plan: SweepPlan, records: SweepRecords, settings: Settings, workdir: 
         stored = _record(plan, records, confirmation, utilization, timings)
     finally:
         mlflow_thread.shutdown(wait=True)
-        if closing is not None:
-            closing.join()
+        if wait_closed is not None:
+            wait_closed()
     # a tracking server is its own UI; a local store is shown by `mlflow ui`, on port 5000 by default
     server = settings.mlflow_tracking_uri.startswith("http")
     ui_url = tracker.run_url(settings.mlflow_tracking_uri if server else LOCAL_MLFLOW_UI)

@@ -5,10 +5,11 @@ the task from the same arguments as the driver, keeps its shard's prefixes in an
 and evaluates batches of configurations on one split of its shard. Concurrent calls (one per running trial) are
 gathered into one engine batch, one configuration per batch row: a call that finds the engine free waits until
 ``max_batch`` configurations are pending or no call has arrived for ``gather_idle`` seconds (``gather_max`` at
-most); calls that arrive while the engine is busy form the next batch. Each worker counts its busy seconds, so the
-sweep reports how much of the search the workers really worked. After a crash Ray restarts the actor
-(``max_restarts``); the new process reloads the model and rebuilds its prefix cache on first use, and Ray retries
-the calls that were in flight (``max_task_retries``).
+most); calls that arrive while the engine is busy form the next batch. The first batch after the prefixes waits
+for the calls the driver said to expect (its trial processes come up one by one). Each worker counts its busy
+seconds, so the sweep reports how much of the search the workers really worked. After a crash Ray restarts the
+actor (``max_restarts``); the new process reloads the model and rebuilds its prefix cache on first use, and Ray
+retries the calls that were in flight (``max_task_retries``).
 """
 
 from __future__ import annotations
@@ -131,10 +132,8 @@ class ModelWorker:
         self._first_call: float | None = None
         self._prefixes_started: float | None = None
         self._first_batch_started: float | None = None
-        self._first_batch = (
-            0,
-            0.0,
-        )  # (calls received that the next batch waits for, seconds at most): prepare()
+        # (calls received in all that the next batch waits for, seconds at most): see prepare()
+        self._first_batch = (0, 0.0)
         self._parts: dict[tuple[str, tuple[str, ...] | None], None] = {}  # insertion-ordered set
 
     async def ready(self) -> dict[str, Any]:
