@@ -406,10 +406,10 @@ def _search_with(
 def _search_phases(
     counters: Sequence[Any], tune_started: float, prefixes_done: float, ended: float
 ) -> dict[str, float]:
-    """The search's phases, in seconds, from the workers' clocks (time.time()): ``prefixes`` (from their start to
-    the last prefix), ``trials_start`` (from Tune's start to the first batch, the part the prefixes did not
-    cover: fixed, as the trial processes serve trial after trial) and ``search`` (prefixes and every trial, that
-    start left out)."""
+    """The search's phases, in seconds, from wall-clock times (time.time()) of the driver and the workers'
+    counters: ``prefixes`` (from their start to the last prefix), ``trials_start`` (from Tune's start to the first
+    batch, the part the prefixes did not cover: fixed, as the trial processes serve trial after trial) and
+    ``search`` (prefixes and every trial, that start left out)."""
     began = min((c.prefixes_started for c in counters if c.prefixes_started), default=tune_started)
     first_batch = min((c.first_batch_started for c in counters if c.first_batch_started), default=ended)
     trials_start = max(0.0, first_batch - max(tune_started, prefixes_done))
