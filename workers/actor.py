@@ -82,8 +82,9 @@ class ModelWorker:
         host_cache_bytes: int | None = None,
         max_batch: int = 16,
         # the driver proposes the next batch's trials one after another (TPE, the study's database, ~0.1 s each):
-        # pauses of over 0.5 s between them split batches (seen: 3 + 13 of 16), and so did a 2 s cap on the whole
-        # gathering on a slow day (seen: 8 + 8, 6 + 10, 5 + 11 of 16); a longer wait costs only a partial batch
+        # pauses of over 0.5 s between them split batches (seen: 3 + 13 of 16); on a slow day, with the whole
+        # gathering capped at 2 s, so did 16 starts (seen: 8 + 8, 6 + 10, 5 + 11 of 16; which limit cut them was not
+        # recorded); a longer wait costs only a partial batch
         gather_idle: float = 1.0,
         gather_max: float = 4.0,
         dtype: str | None = None,
