@@ -11,10 +11,12 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sweep.plan import SweepPlan
 from sweep.search import config_from_params
+from sweep.trial import RESTART_PATIENCE
 
 __all__ = ["Confirmation", "confirm"]
 
@@ -42,8 +44,7 @@ class Confirmation:
 
 def confirm(plan: SweepPlan, study: Any, pool: Any) -> Confirmation:
     """Evaluate the study's best trial and VAR off on the held-out split; capture attention for the figures."""
-    import ray
-
+    from workers.calls import get_resending
     from workers.tasks import paired_comparison
 
     best = study.best_trial
@@ -55,9 +56,11 @@ def confirm(plan: SweepPlan, study: Any, pool: Any) -> Confirmation:
     )
     log.info("VAR vs off on held-out: %s", comparison.describe())
     shown = config or config_from_params(plan.space.paper_defaults(), convention)
-    # copied out of Ray: ray.get's arrays are views into the object store, which a local Ray's shutdown (begun
-    # before the figures are drawn) takes away, and touching or freeing them after it ends the process
-    capture = copy.deepcopy(ray.get(pool.actors[0].capture.remote(shown, "heldout")))
+    # copied out of Ray: the result's arrays are views into the object store, which a local Ray's shutdown (begun
+    # before the figures are drawn) takes away, and touching or freeing them after it ends the process; a worker
+    # that Ray is restarting (its node lost) is asked again
+    ask = partial(pool.actors[0].capture.remote, shown, "heldout")
+    capture = copy.deepcopy(get_resending(ask(), ask, RESTART_PATIENCE))
     return Confirmation(
         best=best,
         comparison=comparison,

@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 from var_core.config import VARConfig
@@ -430,11 +431,13 @@ class WorkerPool:
             get_resending(ref, a.counters.remote, patience) for a, ref in zip(self.actors, refs, strict=True)
         ]
 
-    def evaluate(self, configs: Sequence[VARConfig | None], split: str) -> list[Any]:
-        """Every configuration on every worker's shard of ``split``, merged, in the order of ``configs``."""
-        import ray
-
-        per_worker = ray.get([a.evaluate.remote(list(configs), split) for a in self.actors])
+    def evaluate(self, configs: Sequence[VARConfig | None], split: str, patience: float = 600.0) -> list[Any]:
+        """Every configuration on every worker's shard of ``split``, merged, in the order of ``configs``; a worker
+        Ray is restarting (its node lost during the held-out comparison) is asked again for up to ``patience``
+        seconds, as the trials do."""
+        calls = [partial(a.evaluate.remote, list(configs), split) for a in self.actors]
+        refs = [call() for call in calls]  # every worker computes at once
+        per_worker = [get_resending(ref, call, patience) for ref, call in zip(refs, calls, strict=True)]
         return merge_results(per_worker, order=self.order[split])
 
     def shutdown(self) -> None:
