@@ -16,7 +16,6 @@ from typing import Any
 
 from sweep.plan import SweepPlan
 from sweep.search import config_from_params
-from sweep.trial import RESTART_PATIENCE
 
 __all__ = ["Confirmation", "confirm"]
 
@@ -60,7 +59,7 @@ def confirm(plan: SweepPlan, study: Any, pool: Any) -> Confirmation:
     # before the figures are drawn) takes away, and touching or freeing them after it ends the process; a worker
     # that Ray is restarting (its node lost) is asked again
     ask = partial(pool.actors[0].capture.remote, shown, "heldout")
-    capture = copy.deepcopy(get_resending(ask(), ask, RESTART_PATIENCE))
+    capture = copy.deepcopy(get_resending(ask(), ask))
     return Confirmation(
         best=best,
         comparison=comparison,

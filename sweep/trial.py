@@ -18,7 +18,7 @@ from sweep.fidelity import Rungs
 from sweep.search import config_from_params
 from var_core.config import Convention
 from var_core.stats import VARStats
-from workers.calls import get_resending
+from workers.calls import get_each_resending
 from workers.results import merge_results
 
 __all__ = [
@@ -39,9 +39,6 @@ COMPLETE = "complete"  # the trial saw every tuning example (else it was stopped
 FAILURE = "failure"  # why the trial failed (a metric that is not a number): it ends FAIL, once, not retried
 # the whole TrialReport, as plain data (Tune hands searchers a flattened copy: use the above)
 REPORT = "report"
-# how long a trial waits for a worker that Ray is restarting (its process killed, its node lost): placed again,
-# model reloaded; as long as the pool waits for its placement at the start (VARSWEEP_PLACEMENT_TIMEOUT's default)
-RESTART_PATIENCE = 600.0
 
 
 @dataclass(frozen=True)
@@ -124,13 +121,5 @@ def run_trial(
 def _evaluate_on_every_worker(actors: list[Any], var_config: Any, groups: Any) -> list[Any]:
     """Each worker's results for one configuration. A call that reached a worker Ray is restarting fails with
     ActorUnavailableError (Ray does not know whether it ran); evaluating is idempotent, so it is sent again until
-    the worker is back (at most RESTART_PATIENCE seconds)."""
-
-    def call(actor: Any) -> Any:
-        return actor.evaluate.remote([var_config], "tuning", groups)
-
-    refs = [call(a) for a in actors]  # every worker computes at once
-    return [
-        get_resending(ref, partial(call, actor), RESTART_PATIENCE)
-        for actor, ref in zip(actors, refs, strict=True)
-    ]
+    the worker is back (``workers.calls.RESTART_PATIENCE``)."""
+    return get_each_resending([partial(a.evaluate.remote, [var_config], "tuning", groups) for a in actors])

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from var_core.config import VARConfig
 from var_core.errors import VarsweepError
-from workers.calls import get_resending
+from workers.calls import RESTART_PATIENCE, get_each_resending
 from workers.results import ConfigResult, merge_results
 
 __all__ = ["TaskRef", "ModelWorker", "WorkerPool", "WorkerCounters", "PlacementError", "merge_results"]
@@ -423,22 +423,19 @@ class WorkerPool:
         """
         return Preparation(self, progress, first_batch=first_batch)
 
-    def counters(self, patience: float = 600.0) -> list[WorkerCounters]:
+    def counters(self, patience: float = RESTART_PATIENCE) -> list[WorkerCounters]:
         """Every worker's counters; a worker Ray is restarting is asked again for up to ``patience`` seconds (the
         driver's handle may still point at the process that was lost)."""
-        refs = [a.counters.remote() for a in self.actors]  # all asked at once
-        return [
-            get_resending(ref, a.counters.remote, patience) for a, ref in zip(self.actors, refs, strict=True)
-        ]
+        return get_each_resending([a.counters.remote for a in self.actors], patience)
 
-    def evaluate(self, configs: Sequence[VARConfig | None], split: str, patience: float = 600.0) -> list[Any]:
+    def evaluate(
+        self, configs: Sequence[VARConfig | None], split: str, patience: float = RESTART_PATIENCE
+    ) -> list[Any]:
         """Every configuration on every worker's shard of ``split``, merged, in the order of ``configs``; a worker
         Ray is restarting (its node lost during the held-out comparison) is asked again for up to ``patience``
         seconds, as the trials do."""
         calls = [partial(a.evaluate.remote, list(configs), split) for a in self.actors]
-        refs = [call() for call in calls]  # every worker computes at once
-        per_worker = [get_resending(ref, call, patience) for ref, call in zip(refs, calls, strict=True)]
-        return merge_results(per_worker, order=self.order[split])
+        return merge_results(get_each_resending(calls, patience), order=self.order[split])
 
     def shutdown(self) -> None:
         """Stop the workers and give their resources back (the workers live for one sweep)."""
