@@ -1,15 +1,15 @@
 """ModelWorker, the Ray actor that hosts one model, and WorkerPool, which fans configurations out to N of them.
 
-A worker loads its model once (cuda when present, else cpu, with as many torch threads as CPUs it holds), loads
-the task from the same arguments as the driver, keeps its shard's prefixes in an :class:`~workers.engine.EvalEngine`,
-and evaluates batches of configurations on one split of its shard. Concurrent calls (one per running trial) are
-gathered into one engine batch, one configuration per batch row: a call that finds the engine free waits until
-``max_batch`` configurations are pending or no call has arrived for ``gather_idle`` seconds (``gather_max`` at
-most); calls that arrive while the engine is busy form the next batch. The first batch after the prefixes waits
-for the calls the driver said to expect (its trial processes come up one by one). Each worker counts its busy
-seconds, so the sweep reports how much of the search the workers really worked. After a crash Ray restarts the
-actor (``max_restarts``); the new process reloads the model and rebuilds its prefix cache on first use, and Ray
-retries the calls that were in flight (``max_task_retries``).
+A worker loads its model once (cuda when present, else cpu, with as many torch threads as CPUs it holds, all its
+torch work on one thread of its own), loads the task from the same arguments as the driver, keeps its shard's
+prefixes in an :class:`~workers.engine.EvalEngine`, and evaluates batches of configurations on one split of its
+shard. Concurrent calls (one per running trial) are gathered into one engine batch, one configuration per batch
+row: a call that finds the engine free waits until ``max_batch`` configurations are pending or no call has arrived
+for ``gather_idle`` seconds (``gather_max`` at most); calls that arrive while the engine is busy form the next
+batch. The first batch after the prefixes waits for the calls the driver said to expect (its trial processes come
+up one by one). Each worker counts its busy seconds, so the sweep reports how much of the search the workers really
+worked. After a crash Ray restarts the actor (``max_restarts``); the new process reloads the model and rebuilds its
+prefix cache on first use, and Ray retries the calls that were in flight (``max_task_retries``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
@@ -91,34 +92,30 @@ class ModelWorker:
         dtype: str | None = None,
         sink_dims: Sequence[int] | Literal["discover"] | None = None,
     ) -> None:
-        import torch
-
-        from workers.engine import EvalEngine
-        from workers.models import load_model
-
+        # all torch work (the load included) runs on this one thread: torch's OpenMP keeps a thread team per calling
+        # thread, and a second team (the load's on the main thread, the computing on asyncio's) exceeds a CPU worker's
+        # cores, so libgomp makes every thread sleep between parallel regions instead of spinning: the worker used
+        # 163% of its 2 cores during the sweep's batches, and a worker on one thread was faster in every one of 4
+        # alternated pairs (3 batches of 16: 32.4, 33.1, 29.7, 30.1 s against 42.9, 35.2, 32.2, 34.5)
+        self._torch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="varsweep-torch")
         started = time.perf_counter()
-        if threads is not None:  # Ray caps a CPU actor's threads by its CPUs; use every CPU it holds
-            torch.set_num_threads(threads)
-        self.model_name = model
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.task = task.load()
-        by_id = {e.id: e for e in self.task.examples}
-        missing = [i for ids in shard.values() for i in ids if i not in by_id]
-        if missing:
-            raise KeyError(
-                f"shard names {len(missing)} example ids the task does not have, e.g. {missing[:3]}"
+        self._torch.submit(
+            partial(
+                self._load,
+                model=model,
+                task=task,
+                shard=shard,
+                threads=threads,
+                device=device,
+                dtype=dtype,
+                sink_dims=sink_dims,
+                engine_options={
+                    "cache_bytes": cache_bytes,
+                    "host_cache_bytes": host_cache_bytes,
+                    "max_batch": max_batch,
+                },
             )
-        self.shard = {split: [by_id[i] for i in ids] for split, ids in shard.items()}
-        model_obj, processor = load_model(
-            model, device=self.device, dtype=getattr(torch, dtype) if dtype else None, sink_dims=sink_dims
-        )
-        self.engine = EvalEngine(
-            model_obj,
-            processor,
-            cache_bytes=cache_bytes,
-            host_cache_bytes=host_cache_bytes,
-            max_batch=max_batch,
-        )
+        ).result()
         self.load_seconds = time.perf_counter() - started
         self.max_batch = max_batch
         self.gather_idle, self.gather_max = gather_idle, gather_max
@@ -139,17 +136,52 @@ class ModelWorker:
         self._first_batch = (0, 0.0)
         self._parts: dict[tuple[str, tuple[str, ...] | None], None] = {}  # insertion-ordered set
 
+    def _load(
+        self,
+        *,
+        model: str,
+        task: TaskRef,
+        shard: dict[str, list[str]],
+        threads: int | None,
+        device: str | None,
+        dtype: str | None,
+        sink_dims: Sequence[int] | Literal["discover"] | None,
+        engine_options: dict[str, Any],
+    ) -> None:
+        """The model, the task, the shard and the engine (on the torch thread)."""
+        import torch
+
+        from workers.engine import EvalEngine
+        from workers.models import load_model
+
+        if threads is not None:  # Ray caps a CPU actor's threads by its CPUs; use every CPU it holds
+            torch.set_num_threads(threads)
+        self.threads = torch.get_num_threads()
+        self.model_name = model
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.task = task.load()
+        by_id = {e.id: e for e in self.task.examples}
+        missing = [i for ids in shard.values() for i in ids if i not in by_id]
+        if missing:
+            raise KeyError(
+                f"shard names {len(missing)} example ids the task does not have, e.g. {missing[:3]}"
+            )
+        self.shard = {split: [by_id[i] for i in ids] for split, ids in shard.items()}
+        model_obj, processor = load_model(
+            model, device=self.device, dtype=getattr(torch, dtype) if dtype else None, sink_dims=sink_dims
+        )
+        self.engine = EvalEngine(model_obj, processor, **engine_options)
+
     async def ready(self) -> dict[str, Any]:
         """Who this worker is: for the driver's log and for tests."""
         import ray
-        import torch
 
         return {
             "pid": os.getpid(),
             "node": ray.get_runtime_context().get_node_id(),
             "model": self.model_name,
             "device": self.device,
-            "threads": torch.get_num_threads(),
+            "threads": self.threads,
             "sink_dims": list(self.engine.handle.sink_dims),
             "sink_dims_source": self.engine.handle.sink_dims_source,
             "examples": {split: len(examples) for split, examples in self.shard.items()},
@@ -249,10 +281,10 @@ class ModelWorker:
                 start += len(configs)
 
     async def _busy_in(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn`` on a thread (the event loop keeps taking calls) and count the time as busy."""
+        """Run ``fn`` on the torch thread (the event loop keeps taking calls) and count the time as busy."""
         started = time.perf_counter()
         try:
-            return await asyncio.to_thread(fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(self._torch, partial(fn, *args))
         finally:
             self._busy += time.perf_counter() - started
 
