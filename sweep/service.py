@@ -21,7 +21,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +30,7 @@ from sweep.plan import SweepPlan, SweepRequest, data_fingerprint, plan_sweep, sl
 from sweep.progress import Progress, bars
 from sweep.search import full_params
 from sweep.settings import Settings
+from sweep.tracking import QuietWriter
 from var_core.errors import VarsweepError
 
 if TYPE_CHECKING:
@@ -176,7 +176,7 @@ def _sweep(plan: SweepPlan, records: SweepRecords, settings: Settings, workdir: 
     tracker = records.tracker
     timings: dict[str, float] = {}
     # MLflow calls (and the files they upload) run on this thread, in order, so Tune's loop never waits on them
-    mlflow_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="varsweep-mlflow")
+    mlflow_thread = QuietWriter("varsweep-mlflow")
     wait_closed = None
     try:
         clock = time.perf_counter()
@@ -247,7 +247,7 @@ def _search(
     records: SweepRecords,
     settings: Settings,
     pool: Any,
-    mlflow_thread: ThreadPoolExecutor,
+    mlflow_thread: QuietWriter,
     timings: dict[str, float],
     workdir: Path,
 ) -> tuple[int, Utilization | None, dict[int, dict[str, list[list[float]]]]]:
@@ -270,7 +270,7 @@ def _search_with(
     records: SweepRecords,
     settings: Settings,
     pool: Any,
-    mlflow_thread: ThreadPoolExecutor,
+    mlflow_thread: QuietWriter,
     timings: dict[str, float],
     workdir: Path,
     prefixes: Progress,

@@ -18,15 +18,18 @@ import hashlib
 import json
 import logging
 import os
+import queue
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from sweep.settings import first_line, redact_url
 from var_core.errors import VarsweepError
 
-__all__ = ["Tracker", "TrackingError"]
+__all__ = ["QuietWriter", "Tracker", "TrackingError"]
 
 log = logging.getLogger(__name__)
 # MLflow raises many types when its server is away (MlflowException, requests' and urllib3's errors, OSError):
@@ -52,6 +55,61 @@ def _bound_http_retries(timeout: float) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow logs its database migrations at INFO on every first use of a store: not news to a sweep user
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
+class QuietWriter:
+    """Runs the driver's MLflow calls on one thread, in order, each once the driver is quiet: no call submitted for
+    ``quiet`` seconds, or ``most`` seconds after its own submission at the latest.
+
+    Between two batches the driver's Tune loop ends a batch's trials and starts as many more, ~0.1 s each, while the
+    workers wait for them; the MLflow writes of those trials (about half of the driver's CPU there) would share the
+    loop's GIL, so they wait for the batch to run instead (the worker idle 2.5 and 2.7 s of 53-54 s searches against
+    4.3 and 4.4 s, two sweeps each way, alternated). :meth:`shutdown` runs what is left without waiting.
+    """
+
+    def __init__(self, name: str, *, quiet: float = 0.3, most: float = 5.0) -> None:
+        self._quiet, self._most = quiet, most
+        self._calls: queue.SimpleQueue[tuple[float, Callable[[], Any], Future] | None] = queue.SimpleQueue()
+        self._wake = threading.Condition()
+        self._last_submit = time.monotonic()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Queue ``fn(*args, **kwargs)``; its future holds the result or the error."""
+        future: Future = Future()
+        with self._wake:
+            if self._closing:
+                raise RuntimeError("the MLflow writer is shut down")
+            self._last_submit = time.monotonic()
+            self._calls.put((self._last_submit, lambda: fn(*args, **kwargs), future))
+        return future
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Run every queued call now, then stop (``wait``: until they are done)."""
+        with self._wake:
+            if not self._closing:
+                self._closing = True
+                self._calls.put(None)
+            self._wake.notify()
+        if wait:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._calls.get()) is not None:
+            submitted, call, future = item
+            with self._wake:
+                while not self._closing:
+                    wait = min(self._last_submit + self._quiet, submitted + self._most) - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._wake.wait(wait)
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(call())
+                except BaseException as e:  # handed to the future, as an executor does
+                    future.set_exception(e)
 
 
 class Tracker:
