@@ -66,17 +66,28 @@ def postgres_database(admin_url: str = PG_ADMIN) -> Iterator[str]:
 
 
 def _kill_tree_by_marker(marker: str) -> None:
-    """SIGKILL every process whose command line mentions ``marker`` (our own temp dir)."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
+    """SIGKILL every process whose command line mentions ``marker`` (our own temp dir, a node's port), and their
+    descendants: Ray's agents rename themselves (``ray::DashboardAgent``) and would outlive a killed raylet."""
+    parents: dict[int, int] = {}
+    marked: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+            cmdline = (
+                Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            )
+            parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
         if marker in cmdline:
-            with contextlib.suppress(OSError):
-                os.kill(int(pid), signal.SIGKILL)
+            marked.add(int(entry))
+    doomed = set(marked)
+    while grown := {pid for pid, parent in parents.items() if parent in doomed} - doomed:
+        doomed |= grown
+    for pid in doomed:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def run_python(*args: str, cwd: Path, env: dict[str, str], timeout: float = 600) -> str:
@@ -206,6 +217,7 @@ class RayHead:
 
     def stop(self) -> None:
         _kill_tree_by_marker(str(self.temp_dir))
+        _kill_tree_by_marker(f"--address={self.address}")  # the Ray Client server: no temp dir in its command
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
