@@ -167,6 +167,30 @@ def run_sweep(
             return _sweep(plan, records, settings, workdir.resolve())
 
 
+def _trials_at_once(batch: int, room: int, memory: float) -> int:
+    """``--batch``, or fewer when the driver's node holds fewer trial processes (they run there, one per
+    configuration in a batch); none at all is an error, where the search would wait for ever."""
+    from sweep.tuning import TRIAL_MEMORY
+    from workers.actor import PlacementError
+
+    if room < 1:
+        raise PlacementError(
+            f"the driver's node has {memory / 2**20:.0f} MiB of Ray memory, less than one trial process needs "
+            f"({TRIAL_MEMORY // 2**20} MiB): run the driver on a node with more (ray start --memory)"
+        )
+    if room < batch:
+        log.warning(
+            "the driver's node holds %d trial processes (%.1f GiB of Ray memory, %d MiB each): batches of %d "
+            "configurations, not --batch %d",
+            room,
+            memory / 2**30,
+            TRIAL_MEMORY // 2**20,
+            room,
+            batch,
+        )
+    return min(batch, room)
+
+
 def _sweep(plan: SweepPlan, records: SweepRecords, settings: Settings, workdir: Path) -> SweepOutcome:
     from sweep import figures
     from sweep.cluster import connect_ray, worker_pool
@@ -281,7 +305,7 @@ def _search_with(
     trials' calls, which meet there as one full batch. Phases in ``timings``: see :func:`_search_phases`."""
     from sweep.locks import database_lock, is_sqlite
     from sweep.trial import TrialReport
-    from sweep.tuning import SearchHooks, completed_trials, run_search
+    from sweep.tuning import SearchHooks, completed_trials, run_search, trials_beside_driver
 
     request, tracker, study = plan.request, records.tracker, records.study
     best_so_far = [float(t.value) for t in completed_trials(study)]  # the study's, earlier sweeps included
@@ -338,7 +362,8 @@ def _search_with(
 
     tenth = _every_tenth(lambda done, total: log.info("prefixes: %d/%d %s", done, total, prefixes.line()))
     before = pool.counters()
-    first_calls = min(request.batch, request.trials - records.finished_before)
+    batch = _trials_at_once(request.batch, *trials_beside_driver())
+    first_calls = min(batch, request.trials - records.finished_before)
     log.info("study %s: %d of %d trials done", plan.study_name, records.finished_before, request.trials)
     preparation = pool.start_preparing(on_prefixes, first_batch=first_calls)
     if pool.device == "cpu":
@@ -352,7 +377,7 @@ def _search_with(
         study=study,
         space=plan.space,
         trials=request.trials,
-        batch=request.batch,
+        batch=batch,
         rungs=plan.rungs,
         early_stop=request.early_stop,
         actors=pool.actors,

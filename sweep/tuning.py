@@ -67,6 +67,7 @@ IDENTITY = "varsweep.identity"  # what a study optimises (a study user attribute
 # Tune's "no more trials" (a str, though Searcher.suggest says dict | None)
 _FINISHED: Any = Searcher.FINISHED
 TRIAL_MEMORY = 256 * 2**20  # bytes a thin trial process holds (Ray's memory resource); 240 MiB RSS measured
+NODE_ID_LABEL = "ray.io/node-id"  # Ray's default label naming each node
 
 
 class StudyError(VarsweepError, RuntimeError):
@@ -477,9 +478,7 @@ def run_search(
         tune.with_parameters(
             run_trial, actors=actors, task=task, metric=metric, convention=space.convention, rungs=rungs
         ),
-        # no CPU or GPU: a trial only waits on the workers, and a fraction of a CPU held by trials could keep a
-        # worker that lost its node from being placed again (a whole CPU free nowhere); memory is what it uses
-        {"cpu": 0, "memory": TRIAL_MEMORY},
+        _beside_driver(),
     )
     tuner = tune.Tuner(
         trainable,
@@ -510,6 +509,31 @@ def run_search(
     if searcher.error is not None:
         raise searcher.error
     return remaining
+
+
+def _beside_driver() -> Any:
+    """Where a trial process runs and what it holds: on the driver's node (the head, under ``ray job submit``),
+    with no CPU or GPU and :data:`TRIAL_MEMORY` of memory. Placed anywhere else, a lost node took its trial
+    processes along, and Tune gave such a trial up at once (each of the dead process's pending calls counts as a
+    failure of its own; seen: ``max_failures=2`` spent in one moment). No CPU: a trial only waits on the workers,
+    and a fraction of a CPU held by trials could keep a worker that lost its node from being placed again."""
+    import ray
+    from ray import tune
+
+    return tune.PlacementGroupFactory(
+        [{"CPU": 0, "memory": TRIAL_MEMORY}],
+        bundle_label_selector=[{NODE_ID_LABEL: ray.get_runtime_context().get_node_id()}],
+    )
+
+
+def trials_beside_driver() -> tuple[int, float]:
+    """How many trial processes the driver's node holds (they all run there: :func:`_beside_driver`), and its
+    memory (Ray's resource, in bytes)."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    memory = next((float(n["Resources"].get("memory", 0.0)) for n in ray.nodes() if n["NodeID"] == node), 0.0)
+    return int(memory // TRIAL_MEMORY), memory
 
 
 def _trial_name(trial: Any) -> str:

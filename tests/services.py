@@ -65,27 +65,40 @@ def postgres_database(admin_url: str = PG_ADMIN) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _kill_tree_by_marker(marker: str) -> None:
-    """SIGKILL every process whose command line mentions ``marker`` (our own temp dir, a node's port), and their
-    descendants: Ray's agents rename themselves (``ray::DashboardAgent``) and would outlive a killed raylet."""
-    parents: dict[int, int] = {}
-    marked: set[int] = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
+def processes() -> Iterator[tuple[int, str]]:
+    """Every process but this one: its pid and command line (arguments joined by spaces)."""
+    for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmdline = (
                 Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             )
-            parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
+        except OSError:
             continue
-        if marker in cmdline:
-            marked.add(int(entry))
-    doomed = set(marked)
-    while grown := {pid for pid, parent in parents.items() if parent in doomed} - doomed:
-        doomed |= grown
-    for pid in doomed:
+        if int(entry) != os.getpid():
+            yield int(entry), cmdline
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def descendants(*pids: int) -> set[int]:
+    """Every process whose parent chain leads to one of ``pids`` (a driver's local Ray: GCS, raylet, workers)."""
+    parents = {pid: parent_of(pid) for pid, _ in processes()}
+    found: set[int] = set()
+    while grown := {pid for pid, parent in parents.items() if parent in found.union(pids)} - found:
+        found |= grown
+    return found
+
+
+def _kill_tree_by_marker(marker: str) -> None:
+    """SIGKILL every process whose command line mentions ``marker`` (our own temp dir, a node's port), and their
+    descendants: Ray's agents rename themselves (``ray::DashboardAgent``) and would outlive a killed raylet."""
+    marked = {pid for pid, cmdline in processes() if marker in cmdline}
+    for pid in marked | descendants(*marked):
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
 
@@ -208,9 +221,8 @@ class RayHead:
     def node_of(self, pid: int) -> int | None:
         """The node manager port of the node whose raylet started process ``pid`` (None: not found)."""
         try:
-            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = Path(f"/proc/{parent}/cmdline").read_bytes().decode(errors="replace")
-        except (OSError, ValueError, IndexError):
+            cmdline = Path(f"/proc/{parent_of(pid)}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
             return None
         found = re.search(r"--node_manager_port=(\d+)", cmdline)
         return int(found.group(1)) if found else None
@@ -339,14 +351,12 @@ class Sweep:
         """The ``ray::ModelWorker`` processes of this sweep (tests run side by side: others have their own)."""
         mark = f"{SWEEP_MARK}={self.workdir}".encode()
         pids = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ModelWorker"):
-                    continue
-                if mark in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                    pids.append(int(pid))
-            except OSError:
+        for pid, cmdline in processes():
+            if not cmdline.startswith("ray::ModelWorker"):
                 continue
+            with contextlib.suppress(OSError):
+                if mark in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    pids.append(pid)
         return pids
 
     def wait_for(self, pattern: str, timeout: float = 300) -> None:

@@ -7,7 +7,7 @@ import time
 
 import optuna
 import pytest
-from services import STUDY, RayHead, Sweep, sweep_args
+from services import STUDY, RayHead, Sweep, processes, sweep_args
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(900)]
 
@@ -22,9 +22,9 @@ def cluster_env(head: RayHead, **extra: str) -> dict[str, str]:
 
 def test_two_nodes_one_worker_each_and_a_node_lost_mid_sweep(tmp_path):
     """A head with no CPU (as deploy/ runs it: the driver and the trials, which hold none) and two nodes of two
-    CPUs; --workers 2 of one CPU each lands on two nodes. Killing the raylet of a node with a worker mid-sweep
-    loses no trial: the worker's placement moves to the node with room, the actor restarts there, and the trials'
-    calls to it are sent again once it is back."""
+    CPUs; --workers 2 of one CPU each lands on two nodes, the trial processes beside the driver. Killing the raylet
+    of a node with a worker mid-sweep loses no trial: the worker's placement moves to the node with room, the actor
+    restarts there, and the trials' calls to it are sent again once it is back."""
     head = RayHead(num_cpus=0, nodes=True)
     try:
         first, second = head.add_node(num_cpus=2), head.add_node(num_cpus=2)
@@ -37,6 +37,11 @@ def test_two_nodes_one_worker_each_and_a_node_lost_mid_sweep(tmp_path):
         workers = re.findall(r"worker (\d+) ready on cpu, node (\w+)", sweep.text())
         # one per node
         assert len(workers) == 2 and len({node for _, node in workers}) == 2, sweep.text()[-3000:]
+        # the trial processes run beside the driver, on the head: losing a node loses none of them
+        trial_nodes = {
+            head.node_of(pid) for pid, cmdline in processes() if cmdline.startswith("ray::ImplicitFunc")
+        }
+        assert head.node_manager_port in trial_nodes and not trial_nodes & {first, second}, trial_nodes
         # lose a node that hosts a worker (not the head, where the driver's trials run)
         hosts = {head.node_of(int(pid)) for pid, _ in workers} - {head.node_manager_port, None}
         victim = next(iter(hosts))

@@ -23,6 +23,7 @@ from services import (
     STUDY,
     MlflowServer,
     Sweep,
+    descendants,
     postgres_database,
     sweep_args,
     wait_until,
@@ -59,26 +60,6 @@ def running_runs(uri: str) -> set[int]:
         return {int(r.data.tags["varsweep.trial"]) for r in trial_runs(uri) if r.info.status == "RUNNING"}
     except Exception:
         return set()
-
-
-def children_of(pid: int) -> list[int]:
-    """Every process whose parent chain leads to ``pid`` (a driver's local Ray: GCS, raylet, workers)."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                parents[int(entry)] = int(
-                    Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]
-                )
-            except (OSError, ValueError, IndexError):
-                continue
-    found, frontier = [], [pid]
-    while frontier:
-        current = frontier.pop()
-        kids = [p for p, parent in parents.items() if parent == current]
-        found += kids
-        frontier += kids
-    return found
 
 
 def test_a_second_driver_on_a_sqlite_study_refuses_at_once(tmp_path):
@@ -135,7 +116,7 @@ def test_a_driver_killed_outright_is_reaped_and_its_trials_run_again(tmp_path):
     sweep.wait_for(r"trial \d+ \(")
     mlruns = f"sqlite:///{work / 'mlruns.db'}"
     wait_until(lambda: running_runs(mlruns), timeout=60, what="a trial's MLflow run RUNNING", interval=0.1)
-    family = children_of(sweep.process.pid)
+    family = descendants(sweep.process.pid)
     sweep.process.send_signal(signal.SIGKILL)
     sweep.finish(timeout=60)
     left_running = running_runs(mlruns)  # the MLflow runs the killed driver left RUNNING
@@ -378,7 +359,7 @@ def test_a_local_sweep_listens_on_loopback_only(tmp_path):
     sweep = Sweep(tmp_path / "work", *sweep_args(6, "--batch", "2"))
     try:
         sweep.wait_for(r"trial \d+ \(")
-        family = set(children_of(sweep.process.pid)) | {sweep.process.pid}
+        family = descendants(sweep.process.pid) | {sweep.process.pid}
         listening = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
         ours = [line for line in listening.splitlines() if any(f"pid={pid}," in line for pid in family)]
         assert ours, listening
