@@ -63,7 +63,6 @@ class Utilization:
     evaluations_per_second: float
     batch_sizes: dict[int, int]  # configurations per engine batch -> batches, all workers
     torch_in_trials: int  # trial processes that had torch loaded (should be 0: trials are thin)
-    first_call_after: float | None  # seconds from the start of Tune to the first trial reaching a worker
 
     @classmethod
     def between(
@@ -71,12 +70,11 @@ class Utilization:
         before: Sequence[Any],
         after: Sequence[Any],
         *,
-        started: float,
         seconds: float,
         torch_in_trials: int,
     ) -> Utilization:
-        """From the workers' counters before and after the search, which lasted ``seconds``, its trials started
-        by Tune from ``started`` (time.time()) on (a restarted worker counts from zero)."""
+        """From the workers' counters before and after the search, which lasted ``seconds`` (a restarted worker
+        counts from zero)."""
         busy = evaluations = 0.0
         sizes: dict[int, int] = {}
         for old, new in zip(before, after, strict=True):
@@ -91,7 +89,6 @@ class Utilization:
             evaluations_per_second=evaluations / seconds if seconds > 0 else 0.0,
             batch_sizes={k: v for k, v in sorted(sizes.items()) if v},
             torch_in_trials=torch_in_trials,
-            first_call_after=min((c.first_call - started for c in after if c.first_call), default=None),
         )
 
 
@@ -407,7 +404,6 @@ def _search_with(
     utilization = Utilization.between(
         before,
         after,
-        started=tune_started,
         seconds=timings["search"],
         torch_in_trials=len(torch_in_trials),
     )

@@ -63,7 +63,6 @@ class WorkerCounters:
     busy_seconds: float  # time spent in the engine: preparing prefixes, evaluating, capturing
     prepared: int  # prefixes computed
     prepare_seconds: float
-    first_call: float | None  # wall-clock time (time.time()) of the first evaluate() call
     prefixes_started: float | None  # wall-clock time the computing of prefixes began
     first_batch_started: float | None  # wall-clock time the first engine batch of evaluate() calls began
     parts: tuple[tuple[str, tuple[str, ...] | None], ...]  # the distinct (split, groups) calls asked for
@@ -129,7 +128,6 @@ class ModelWorker:
         self._batch_sizes: Counter[int] = Counter()
         self._evaluations = 0
         self._busy = 0.0
-        self._first_call: float | None = None
         self._prefixes_started: float | None = None
         self._first_batch_started: float | None = None
         # (calls received in all that the next batch waits for, seconds at most): see prepare()
@@ -237,7 +235,6 @@ class ModelWorker:
         self._parts[part] = None
         self._pending.append((list(configs), part, future))
         self._calls += 1
-        self._first_call = self._first_call or time.time()
         self._arrived.set()
         async with self._lock:
             if not future.done():
@@ -304,7 +301,6 @@ class ModelWorker:
             busy_seconds=self._busy,
             prepared=cache.prepared,
             prepare_seconds=cache.prepare_seconds,
-            first_call=self._first_call,
             prefixes_started=self._prefixes_started,
             first_batch_started=self._first_batch_started,
             parts=tuple(self._parts),
