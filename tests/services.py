@@ -67,15 +67,14 @@ def postgres_database(admin_url: str = PG_ADMIN) -> Iterator[str]:
 
 def processes() -> Iterator[tuple[int, str]]:
     """Every process but this one: its pid and command line (arguments joined by spaces)."""
-    for entry in filter(str.isdigit, os.listdir("/proc")):
+    for pid in (int(entry) for entry in os.listdir("/proc") if entry.isdigit()):
+        if pid == os.getpid():
+            continue
         try:
-            cmdline = (
-                Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            )
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if int(entry) != os.getpid():
-            yield int(entry), cmdline
+        yield pid, cmdline
 
 
 def parent_of(pid: int) -> int | None:
@@ -220,8 +219,11 @@ class RayHead:
 
     def node_of(self, pid: int) -> int | None:
         """The node manager port of the node whose raylet started process ``pid`` (None: not found)."""
+        parent = parent_of(pid)
+        if parent is None:
+            return None
         try:
-            cmdline = Path(f"/proc/{parent_of(pid)}/cmdline").read_bytes().decode(errors="replace")
+            cmdline = Path(f"/proc/{parent}/cmdline").read_bytes().decode(errors="replace")
         except OSError:
             return None
         found = re.search(r"--node_manager_port=(\d+)", cmdline)
